@@ -1,0 +1,132 @@
+"""Denoisers: the one adapter that calls a diffusers UNet, and the guidance wrappers around it.
+
+Every denoiser is a callable ``d(x_t, t, **cond) -> eps`` carrying ``d.alphas_cumprod``
+(float64). Samplers call ``d(x_t, t)``; conditioning is bound by the wrappers:
+
+    UNetDenoiser(unet, alphas_cumprod, "epsilon")            # x_t, t, encoder_hidden_states -> eps
+      └ ClassifierFreeGuidance(inner, cond, uncond, scale)   # binds text; one batched forward
+          └ ClassifierGuidance(inner, log_prob, scale)       # adds -s √(1-ᾱ_t) ∇ log p(y|x_t)
+
+The wrappers compose in any order and accept any inner denoiser.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .diffusion import PREDICTION_TYPES, _extract, predict_eps_from_v
+
+
+class EpsFunction:
+    """Wrap a plain function ``fn(x_t, t) -> eps`` (e.g. an analytic score) as a denoiser."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], alphas_cumprod: torch.Tensor):
+        self.fn = fn
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
+        return self.fn(x, t)
+
+
+class UNetDenoiser:
+    """The only code that calls a diffusers ``UNet2DConditionModel``.
+
+    Returns ε̂ whatever the network predicts: v-prediction outputs are converted with
+    ε̂ = √(1-ᾱ_t) x_t + √ᾱ_t v.
+    """
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+        self.unet = unet
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64)
+        self.prediction_type = prediction_type
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, cond: torch.Tensor, **unet_kwargs) -> torch.Tensor:
+        # x: (B, C, h, w) latents; t: (B,) long timesteps; cond: (B, 77, D) text embeddings
+        dtype = self.unet.dtype
+        t = t if torch.is_tensor(t) else torch.tensor([t] * x.shape[0])
+        out = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
+                        **unet_kwargs)[0].to(x.dtype)
+        if self.prediction_type == "v_prediction":
+            out = predict_eps_from_v(x, t, out, self.alphas_cumprod)
+        return out
+
+
+class Conditioned:
+    """Bind fixed conditioning to a denoiser (no guidance)."""
+
+    def __init__(self, inner, cond: torch.Tensor):
+        self.inner, self.cond = inner, cond
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        return self.inner(x, t, cond=self.cond, **kw)
+
+
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε(x, ∅) + w (ε(x, c) - ε(x, ∅)).
+
+    ``uncond`` is the embedding of "" or of a negative prompt. Both halves run in one batched
+    forward. ``guidance_rescale`` > 0 rescales the guided ε̂ toward the conditional one's standard
+    deviation (Lin et al. 2023, §3.4), as diffusers' ``rescale_noise_cfg`` does.
+    With ``scale == 1`` only the conditional half is evaluated.
+    """
+
+    def __init__(self, inner, cond: torch.Tensor, uncond: torch.Tensor, scale: float, guidance_rescale: float = 0.0):
+        if cond.shape != uncond.shape:
+            raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} embeddings differ in shape")
+        self.inner, self.cond, self.uncond = inner, cond, uncond
+        self.scale, self.guidance_rescale = float(scale), float(guidance_rescale)
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        if self.scale == 1.0:
+            return self.inner(x, t, cond=self.cond, **kw)
+        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+        eps_uncond, eps_cond = self.inner(torch.cat([x, x]), t2, cond=torch.cat([self.uncond, self.cond]),
+                                          **kw).chunk(2)
+        eps = eps_uncond + self.scale * (eps_cond - eps_uncond)
+        if self.guidance_rescale > 0:
+            dims = list(range(1, eps.ndim))
+            std_cond = eps_cond.std(dim=dims, keepdim=True)
+            std_cfg = eps.std(dim=dims, keepdim=True)
+            rescaled = eps * (std_cond / std_cfg)
+            eps = self.guidance_rescale * rescaled + (1 - self.guidance_rescale) * eps
+        return eps
+
+
+class ClassifierGuidance:
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 / eq. 14) for ε-based samplers:
+
+        ε̂ = ε_θ(x_t) - s · √(1-ᾱ_t) · ∇_{x_t} log p_φ(y | x_t, t)
+
+    ``log_prob(x_t, t) -> (B,)`` is any differentiable function (a noise-aware classifier's
+    log-softmax at the target class, or an analytic one). The gradient is taken with respect to x_t
+    only, under ``torch.enable_grad()`` inside the otherwise no-grad sampler. ``scale`` is a number
+    or a function of the integer timestep (a scale schedule).
+    """
+
+    def __init__(self, inner, log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 scale: float | Callable[[int], float]):
+        self.inner, self.log_prob, self.scale = inner, log_prob, scale
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def grad_log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            lp = self.log_prob(x_in, t)
+            assert lp.shape == (x.shape[0],), f"log_prob must return shape (B,), got {tuple(lp.shape)}"
+            (grad,) = torch.autograd.grad(lp.sum(), x_in)
+        return grad
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        eps = self.inner(x, t, **kw)
+        t_int = int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
+        s = self.scale(t_int) if callable(self.scale) else float(self.scale)
+        if s == 0.0:
+            return eps
+        sigma = _extract(self.alphas_cumprod, t_int, x).mul(-1).add(1).sqrt()  # √(1-ᾱ_t)
+        return eps - s * sigma * self.grad_log_prob(x, t)
