@@ -21,6 +21,7 @@ from PIL import Image
 
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
 from latentdiff.diffusion import make_timesteps, randn
+from latentdiff.lora import LoraMixin
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import SAMPLERS, get_sampler
@@ -38,7 +39,7 @@ class PipelineOutput:
     parameters: list[dict] = field(default_factory=list)  # one dict per image: what regenerates it
 
 
-class TextToImagePipeline:
+class TextToImagePipeline(LoraMixin):
     """Latent text-to-image diffusion with a diffusers U-Net/VAE and a CLIP text encoder.
 
     >>> pipe = TextToImagePipeline.from_pretrained("emoji")
