@@ -279,6 +279,8 @@ class TextToImagePipeline(LoraMixin):
             denoiser = ClassifierFreeGuidance(denoiser, cond, self.encode_prompt(negatives), guidance_scale,
                                               guidance_rescale)
         if classifier is not None:
+            if hasattr(classifier, "check_compatible"):  # latent channels, size and schedule must match
+                classifier.check_compatible(self.unet, latents.shape, self.alphas_cumprod)
             denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
 
         # 4. sample
