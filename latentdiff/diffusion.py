@@ -84,7 +84,8 @@ def make_alphas_cumprod(
 
 def snr(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """SNR(t) = ᾱ_t / (1 - ᾱ_t), float64, shape of t."""
-    a = alphas_cumprod.to(torch.float64)[t.long().cpu()].to(t.device)
+    table = alphas_cumprod.to(torch.float64)
+    a = table[t.long().to(table.device)].to(t.device)  # no host sync when the table lives on t's device
     return a / (1.0 - a)
 
 
@@ -97,8 +98,9 @@ def _extract(table: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> tor
     """table[t] cast to x's dtype/device and shaped (B, 1, 1, ...) to broadcast against x."""
     if not torch.is_tensor(t):
         t = torch.tensor([t])
-    t = t.reshape(-1).long().cpu()
-    vals = table.to(torch.float64)[t].to(device=x.device, dtype=x.dtype)
+    table = table.to(torch.float64)
+    t = t.reshape(-1).long().to(table.device)  # a table moved to the GPU once avoids a host sync per call
+    vals = table[t].to(device=x.device, dtype=x.dtype)
     return vals.reshape(-1, *([1] * (x.ndim - 1)))
 
 

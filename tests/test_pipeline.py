@@ -98,7 +98,7 @@ def test_fp16_save_keeps_live_model_fp32(tiny_pipe, tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(sampler="euler"), "ddim"),
     (dict(num_inference_steps=0), "num_inference_steps"),
-    (dict(height=31), "multiple of the VAE factor 2"),
+    (dict(height=31), "multiples of the VAE factor 2"),
     (dict(output_type="jpg"), "output_type"),
     (dict(sampler="dpmpp_2m", eta=0.5), "eta"),
     (dict(seed=1, generator=torch.Generator()), "either seed or generator"),
