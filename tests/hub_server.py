@@ -261,7 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401 if role is None else 403, "You must be logged in with a write token")
         repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
         if repo_id in self.fake.repos:
-            return self._error(409, "You already created this model repo")
+            # The real Hub's 409 body carries the repo url; create_repo(exist_ok=True) reads it.
+            return self._send(409, {"error": "You already created this model repo", "url": f"{self.fake.url}/{repo_id}"},
+                              {"X-Error-Message": "You already created this model repo"})
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         self.fake.add_repo(repo_id, {}, private=private)
         self._send(200, {"url": f"{self.fake.url}/{repo_id}", "name": repo_id, "id": repo_id})
