@@ -59,3 +59,38 @@ def build_clip_tokenizer(model_max_length: int = MODEL_MAX_LENGTH):
 
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """Save a CLIP BPE tokenizer as ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json``.
+
+    These are the classic CLIP files (Stable Diffusion's own tokenizer folders use them); both
+    transformers and diffusers load them, and at 1.4 MB they are less than half the size of the
+    ``tokenizer.json`` that transformers v5 writes, which matters for the shipped model's budget.
+    Tokenizers that are not byte-level BPE fall back to ``save_pretrained``.
+    """
+    import json
+    from pathlib import Path
+
+    out = Path(directory)
+    try:
+        model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    except (AttributeError, KeyError, ValueError):
+        model = {}
+    if model.get("type") != "BPE" or type(tokenizer).__name__ != "CLIPTokenizer":
+        tokenizer.save_pretrained(out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": int(tokenizer.model_max_length),
+        "bos_token": str(tokenizer.bos_token),
+        "eos_token": str(tokenizer.eos_token),
+        "unk_token": str(tokenizer.unk_token),
+        "pad_token": str(tokenizer.pad_token),
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

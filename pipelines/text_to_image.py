@@ -25,6 +25,7 @@ from latentdiff.lora import LoraMixin
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import SAMPLERS, get_sampler
+from latentdiff.tokenizer import save_tokenizer
 
 logger = logging.getLogger("latentdiff")
 
@@ -137,7 +138,7 @@ class TextToImagePipeline(LoraMixin):
                     import copy
 
                     copy.deepcopy(module).to(dtype).save_pretrained(tmp / name, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            save_tokenizer(self.tokenizer, tmp / "tokenizer")
             sched = {**self.scheduler_config.to_diffusers(), "_diffusers_version": diffusers.__version__}
             (tmp / "scheduler").mkdir()
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))

@@ -157,7 +157,7 @@ def test_save_is_atomic(tiny_pipe, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(type(tiny_pipe.tokenizer), "save_pretrained", boom)
+    monkeypatch.setattr("latentdiff.pipelines.text_to_image.save_tokenizer", boom)
     with pytest.raises(RuntimeError):
         tiny_pipe.save_pretrained(target)
     assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
@@ -189,3 +189,31 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["generate", "x", "--model", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(tmp_path), "--sampler", "nope"]) == 2
+
+
+def test_saved_tokenizer_is_compact_and_equivalent(tiny_pipe, tiny_pipeline_dir):
+    from transformers import CLIPTokenizer
+
+    from latentdiff.tokenizer import build_clip_tokenizer
+
+    files = sorted(p.name for p in (tiny_pipeline_dir / "tokenizer").iterdir())
+    assert files == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    loaded, ref = CLIPTokenizer.from_pretrained(tiny_pipeline_dir / "tokenizer"), build_clip_tokenizer()
+    for text in ["flag: France", "woman technologist: medium-dark skin tone", "A PHOTO of a dog!!", "über 😀"]:
+        assert loaded(text).input_ids == ref(text).input_ids
+    assert loaded.model_max_length == 77
+
+
+def test_tokenizer_matches_open_clip():
+    import open_clip
+
+    from latentdiff.tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer()
+    # (open_clip also runs ftfy, which rewrites curly quotes; transformers' CLIPTokenizer, like
+    # Stable Diffusion's, does not, so only ftfy-stable text is compared)
+    for text in ["red apple", "woman technologist: medium skin tone", "Flag: Côte d'Ivoire", "a  b\tc"]:
+        ours = tok(text, padding="max_length", max_length=77, truncation=True).input_ids
+        theirs = open_clip.tokenize([text])[0].tolist()
+        n = ours.index(49407) + 1
+        assert ours[:n] == theirs[:n]

@@ -1,0 +1,601 @@
+"""Train the text-conditioned U-Net of a latent diffusion model (Rombach et al. 2022).
+
+The objective (Ho et al. 2020, Algorithm 1, in latent space; notation of :mod:`latentdiff.diffusion`):
+
+    z   = scaling_factor · (μ(x) + σ(x)·n)            a fresh posterior sample of the frozen VAE
+    t   ~ U{0, …, T-1},   eps ~ N(0, I) (+ offset noise, Guttenberg 2023)
+    x_t = q_sample(z, t, eps) = √ᾱ_t z + √(1-ᾱ_t) eps
+    c   = text_encoder(caption), caption → "" with probability caption_dropout (Ho & Salimans 2022)
+    loss = w(t) · ‖unet(x_t, t, c) − target‖²,  target = eps or v (Salimans & Ho 2022),
+           w(t) = min-SNR-γ weight (Hang et al. 2023; 1 when γ = 0)
+
+When the VAE and the text encoder are frozen (the default), μ(x), σ(x) and the caption embeddings
+are computed once and cached (safetensors, keyed by a hash of data, weights and transforms); a step
+then touches only the U-Net, and z is still re-sampled from the posterior every step. The final
+pipeline folder (``output_dir/final``) carries the EMA weights and loads in ``TextToImagePipeline``
+and in diffusers' ``StableDiffusionPipeline``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from latentdiff.config import load_config, save_config
+from latentdiff.diffusion import min_snr_weights, q_sample, sample_noise, training_target
+from latentdiff.images import make_grid, save_png_atomic
+from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig
+
+from .common import (
+    CONFIG_FILE,
+    DataConfig,
+    Device,
+    EMAConfig,
+    ImageData,
+    MixedPrecision,
+    OptimConfig,
+    StepSampler,
+    Timer,
+    cache_key,
+    check_model_source,
+    ema_copy,
+    hash_module,
+    load_checkpoint,
+    load_image_data,
+    load_tensors,
+    local_slice,
+    make_accelerator,
+    make_ema,
+    make_lr_scheduler,
+    make_optimizer,
+    resolve_resume,
+    run_main,
+    save_checkpoint,
+    save_tensors_atomic,
+    seed_everything,
+    set_cpu_threads,
+    step_generator,
+    to_pixels,
+    write_summary,
+)
+
+logger = logging.getLogger("latentdiff.train")
+CACHE_VERSION = 1
+
+
+@dataclass
+class UNetTrainConfig:
+    model: str = ""                  # model config YAML (configs/emoji.yaml): U-Net/VAE/text encoder/schedule
+    init_from: str = ""              # or a pipeline folder to continue from (all components + schedule)
+    vae_from: str = ""               # folder of `latentdiff train vae` (output_dir/vae) or a pipeline; "random" = tests only
+    text_encoder_from: str = ""      # CLIPTextModel folder (e.g. runs/clip/text_encoder); "" = random init from `model`
+    train_text_encoder: bool = False
+    output_dir: str = "runs/unet"
+    seed: int = 0
+    device: Device = "auto"
+    mixed_precision: MixedPrecision = "no"
+    gradient_checkpointing: bool = False
+    cpu_threads: int = 0             # torch CPU threads (0 = torch's default); 1 is fastest on a loaded machine
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="emoji", caption_dropout=0.1))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-4, lr_warmup_steps=500))
+    ema: EMAConfig = field(default_factory=lambda: EMAConfig(decay=0.999))
+    prediction_type: Literal["", "epsilon", "v_prediction"] = ""  # "" = the model's scheduler config
+    min_snr_gamma: float = 5.0       # 0 = unweighted L_simple
+    offset_noise: float = 0.0        # e.g. 0.05-0.1 (Guttenberg 2023)
+    cache: bool = True               # cache latents and text embeddings (needs frozen VAE and text encoder)
+    cache_dir: str = ""              # "" = output_dir/cache
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    validation_steps: int = 500      # 0 = only the final export
+    validation_prompts: list[str] = field(default_factory=lambda: ["red apple", "grinning face", "flag: France"])
+    validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    validation_num_inference_steps: int = 20
+    validation_guidance_scale: float = 5.0
+    validation_sampler: str = ""     # "" = the model's default sampler
+    log_every: int = 10
+    export_dtype: Literal["float32", "float16"] = "float32"
+
+    def validate(self):
+        check_model_source(self.model, self.init_from)
+        if self.model and not self.vae_from:
+            raise ValueError("vae_from is empty: set it to the output of `latentdiff train vae` (e.g. runs/emoji_vae/vae), "
+                             "a pipeline folder, or 'random' (an untrained VAE, for tests only)")
+        if self.min_snr_gamma < 0 or self.offset_noise < 0:
+            raise ValueError("min_snr_gamma and offset_noise must be >= 0 (0 = off)")
+        if self.validation_steps and not self.validation_prompts:
+            raise ValueError("validation_steps > 0 needs validation_prompts")
+
+
+# ----------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Components:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: SchedulerConfig
+    defaults: SamplingDefaults
+    resolution: int
+
+
+def _subfolder(path: Path, name: str) -> tuple[Path, str | None]:
+    return (path, name) if (path / name).is_dir() else (path, None)
+
+
+def load_text_encoder(folder: str):
+    """A CLIPTextModel folder (or a pipeline folder with text_encoder/) and its tokenizer: the
+    sibling ``tokenizer/`` folder, else the offline CLIP tokenizer."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from latentdiff.tokenizer import build_clip_tokenizer
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"text_encoder_from {folder}: folder not found")
+    base, sub = _subfolder(path, "text_encoder")
+    te = CLIPTextModel.from_pretrained(base, subfolder=sub or "", use_safetensors=True)
+    te_dir = base / sub if sub else base
+    for cand in (te_dir.parent / "tokenizer", te_dir / "tokenizer", te_dir):
+        if (cand / "tokenizer_config.json").is_file() or (cand / "vocab.json").is_file():
+            return te, CLIPTokenizer.from_pretrained(cand)
+    return te, build_clip_tokenizer()
+
+
+def load_vae(folder: str):
+    from diffusers import AutoencoderKL
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"vae_from {folder}: folder not found (expected output_dir/vae of `latentdiff train vae`)")
+    base, sub = _subfolder(path, "vae")
+    vae = AutoencoderKL.from_pretrained(base, subfolder=sub or "", use_safetensors=True)
+    if float(vae.config.scaling_factor) == 1.0:
+        logger.warning("VAE %s has scaling_factor 1.0 (not measured?); latents may not have unit variance", folder)
+    return vae
+
+
+def build_components(cfg: UNetTrainConfig) -> Components:
+    """U-Net (random init from the model config, or init_from), frozen VAE and text encoder."""
+    from latentdiff.pipelines import TextToImagePipeline
+
+    from latentdiff.tokenizer import build_clip_tokenizer
+
+    if cfg.init_from:
+        pipe = TextToImagePipeline.from_pretrained(cfg.init_from)
+        unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        sched, defaults, resolution = pipe.scheduler_config, pipe.defaults, pipe.default_size
+        if cfg.vae_from:
+            vae = load_vae(cfg.vae_from)
+        if cfg.text_encoder_from:
+            te, tok = load_text_encoder(cfg.text_encoder_from)
+    else:
+        mc = load_config(cfg.model, ModelConfig)
+        sched, defaults, resolution = mc.scheduler, mc.defaults, mc.resolution
+        if cfg.text_encoder_from:
+            te, tok = load_text_encoder(cfg.text_encoder_from)
+        else:
+            torch.manual_seed(cfg.seed + 1)
+            te, tok = mc.text_encoder.build(), build_clip_tokenizer()
+        if cfg.vae_from == "random":
+            logger.warning("vae_from=random: an untrained VAE (tests only)")
+            torch.manual_seed(cfg.seed + 2)
+            vae = mc.vae.build(resolution)
+        else:
+            vae = load_vae(cfg.vae_from)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if resolution % factor:
+            raise ValueError(f"resolution {resolution} is not a multiple of the VAE's factor {factor}")
+        torch.manual_seed(cfg.seed)
+        unet = mc.unet.build(resolution // factor, vae.config.latent_channels, te.config.hidden_size)
+    if cfg.prediction_type:
+        sched = dataclasses.replace(sched, prediction_type=cfg.prediction_type)
+    if unet.config.cross_attention_dim != te.config.hidden_size:
+        raise ValueError(f"the U-Net's cross_attention_dim {unet.config.cross_attention_dim} does not match the text "
+                         f"encoder's hidden_size {te.config.hidden_size}")
+    vae.requires_grad_(False).eval()
+    te.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+    unet.requires_grad_(True).train()
+    return Components(unet, vae, te, tok, sched, defaults, resolution)
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """(N, 77) input ids, padded and truncated as the pipeline does."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache: posterior mean/std per image (and its mirror image), one embedding per caption
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedData:
+    """What a step needs. Cached mode: ``mean``/``std`` (F, N, C, h, w) with F = 2 when flips are on
+    (index 1 = mirrored image) and ``text_embeddings`` (U+1, L, D), last row = "". Uncached mode:
+    ``images`` uint8 on device and ``token_ids`` (U+1, L). ``caption_index`` (N,) in both."""
+
+    caption_index: torch.Tensor
+    uncond_index: int
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    text_embeddings: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+    token_ids: torch.Tensor | None = None
+    key: str = ""
+
+
+def caption_table(captions: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Unique captions (sorted) + "" last, and each sample's row in that table."""
+    unique = sorted(set(captions) - {""})
+    table = unique + [""]
+    row = {c: i for i, c in enumerate(table)}
+    return table, torch.tensor([row[c] for c in captions], dtype=torch.long)
+
+
+def cache_parts(data: ImageData, vae, text_encoder, token_ids: torch.Tensor, flips: bool, center_crop: bool) -> dict:
+    """Everything the cached tensors depend on; its hash is the cache key."""
+    return {
+        "version": CACHE_VERSION,
+        "data": data.fingerprint(),
+        "split": data.split,
+        "resolution": int(data.images.shape[-1]),
+        "vae": hash_module(vae),
+        "text_encoder": hash_module(text_encoder),
+        "tokens": hashlib.sha256(token_ids.numpy().tobytes()).hexdigest(),
+        "random_flip": flips,
+        "center_crop": center_crop,
+    }
+
+
+@torch.no_grad()
+def encode_latent_stats(vae, images_u8: torch.Tensor, flips: bool, batch_size: int, device) -> tuple:
+    """Posterior (mean, std) of every image (and of its mirror image when ``flips``): (F, N, C, h, w)."""
+    means, stds = [], []
+    for flip in ([False, True] if flips else [False]):
+        m, s = [], []
+        for i in tqdm(range(0, len(images_u8), batch_size), desc="cache latents", leave=False, disable=len(images_u8) < 2048):
+            x = to_pixels(images_u8[i:i + batch_size].to(device))
+            dist = vae.encode(x.flip(-1) if flip else x).latent_dist
+            m.append(dist.mean.float())
+            s.append(dist.std.float())
+        means.append(torch.cat(m))
+        stds.append(torch.cat(s))
+    return torch.stack(means), torch.stack(stds)
+
+
+@torch.no_grad()
+def encode_text(text_encoder, token_ids: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """Last hidden state (U, L, D) of the CLIP text encoder, as Stable Diffusion conditions on it."""
+    out = [text_encoder(token_ids[i:i + batch_size].to(device))[0].float() for i in range(0, len(token_ids), batch_size)]
+    return torch.cat(out)
+
+
+def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accelerator, cache_dir: Path,
+                 flips: bool) -> EncodedData:
+    """Cached tensors (built once by the main process, then loaded by all) or the raw tensors."""
+    device = accelerator.device
+    table, caption_index = caption_table(data.captions)
+    token_ids = tokenize(comps.tokenizer, table)
+    use_cache = cfg.cache and not cfg.train_text_encoder
+    if not use_cache:
+        return EncodedData(caption_index.to(device), len(table) - 1, images=data.images.to(device),
+                           token_ids=token_ids.to(device))
+    key = cache_key(cache_parts(data, comps.vae, comps.text_encoder, token_ids, flips, cfg.data.center_crop))
+    path = cache_dir / f"{data.split}-{key}.safetensors"
+    # one writer per node (an atomic rename makes concurrent writers on a shared filesystem harmless)
+    if accelerator.is_local_main_process and not path.is_file():
+        logger.info("encoding %d images and %d captions into the cache %s", len(data), len(table), path)
+        vae, te = comps.vae.to(device), comps.text_encoder.to(device)
+        mean, std = encode_latent_stats(vae, data.images, flips, 256, device)
+        emb = encode_text(te, token_ids, 256, device)
+        save_tensors_atomic({"mean": mean, "std": std, "text_embeddings": emb, "caption_index": caption_index}, path,
+                            {"key": key, "split": data.split, "source": data.source})
+    elif accelerator.is_local_main_process:
+        logger.info("using cached latents and text embeddings %s", path)
+    accelerator.wait_for_everyone()
+    t = load_tensors(path, device)
+    return EncodedData(t["caption_index"], len(table) - 1, mean=t["mean"], std=t["std"],
+                       text_embeddings=t["text_embeddings"], key=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# One step's inputs and the loss
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_inputs(enc: EncodedData, vae, text_encoder, idx: torch.Tensor, flip: torch.Tensor, drop: torch.Tensor,
+                 posterior_noise: torch.Tensor, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, text embeddings) for samples ``idx``: z = scaling_factor·(μ + σ·n), a fresh posterior
+    sample; captions dropped to "" where ``drop``. Cached: pure tensor indexing."""
+    caption = torch.where(drop, enc.uncond_index, enc.caption_index[idx])     # (B,) rows of the caption table
+    if enc.mean is not None:
+        f = flip.long()
+        mean, std = enc.mean[f, idx], enc.std[f, idx]                          # (B, C, h, w)
+        emb = enc.text_embeddings[caption]                                     # (B, L, D)
+    else:
+        with torch.no_grad():
+            dist = vae.encode(to_pixels(enc.images[idx], flip)).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+        emb = text_encoder(enc.token_ids[caption])[0]
+    return (mean + std * posterior_noise) * scaling_factor, emb
+
+
+def diffusion_loss(unet, z0: torch.Tensor, emb: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   alphas_cumprod: torch.Tensor, prediction_type: str, min_snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-γ-weighted MSE between the U-Net output and the eps/v target (scalar)."""
+    x_t = q_sample(z0, t, eps, alphas_cumprod)
+    target = training_target(z0, eps, t, alphas_cumprod, prediction_type)
+    pred = unet(x_t, t, encoder_hidden_states=emb).sample
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+    if min_snr_gamma > 0:
+        per_sample = per_sample * min_snr_weights(t, alphas_cumprod, min_snr_gamma, prediction_type)
+    return per_sample.mean()
+
+
+@dataclass
+class HeldOutBatch:
+    """A fixed held-out batch with fixed t, eps and posterior noise: comparable losses over training."""
+
+    z0: torch.Tensor
+    emb: torch.Tensor
+    t: torch.Tensor
+    eps: torch.Tensor
+
+
+def make_heldout_batch(enc: EncodedData, scaling_factor: float, num_train_timesteps: int, seed: int,
+                       vae=None, text_encoder=None) -> HeldOutBatch:
+    device = enc.caption_index.device
+    n = len(enc.caption_index)
+    g = torch.Generator(device="cpu").manual_seed(seed + 4242)
+    shape = (n, *(enc.mean.shape[2:] if enc.mean is not None else _latent_shape(vae, enc.images)))
+    post = torch.randn(shape, generator=g).to(device)
+    t = torch.randint(0, num_train_timesteps, (n,), generator=g).to(device)
+    eps = torch.randn(shape, generator=g).to(device)
+    idx = torch.arange(n, device=device)
+    no = torch.zeros(n, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        z0, emb = batch_inputs(enc, vae, text_encoder, idx, no, no, post, scaling_factor)
+    return HeldOutBatch(z0, emb.detach(), t, eps)
+
+
+def _latent_shape(vae, images):
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (vae.config.latent_channels, images.shape[-2] // f, images.shape[-1] // f)
+
+
+@torch.no_grad()
+def heldout_loss(unet, batch: HeldOutBatch, alphas_cumprod, prediction_type: str, min_snr_gamma: float,
+                 batch_size: int = 256) -> float:
+    """The training loss on the fixed held-out batch (no dropout, no weight updates)."""
+    total, n = 0.0, len(batch.t)
+    for i in range(0, n, batch_size):
+        s = slice(i, i + batch_size)
+        loss = diffusion_loss(unet, batch.z0[s], batch.emb[s], batch.t[s], batch.eps[s], alphas_cumprod,
+                              prediction_type, min_snr_gamma)
+        total += float(loss) * len(batch.t[s])
+    return total / n
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+    """Train the U-Net as configured; returns the training summary (also in final/training_summary.json)."""
+    timer = Timer()
+    set_cpu_threads(cfg.cpu_threads)
+    out = Path(cfg.output_dir)
+    o = cfg.optim
+
+    # ---- models and data (all user errors surface here, before any step)
+    comps = build_components(cfg)
+    train_data = load_image_data(cfg.data, cfg.data.split, comps.resolution)
+    val_data = load_image_data(cfg.data, cfg.data.validation_split, comps.resolution) if cfg.data.validation_split else None
+    for d in (train_data, val_data):
+        if d is not None and d.images.shape[-1] != comps.resolution:
+            raise ValueError(f"data resolution {d.images.shape[-1]} differs from the model's {comps.resolution}")
+
+    accelerator = make_accelerator(cfg, out, "latentdiff-unet")
+    device = accelerator.device
+    seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        save_config(cfg, out / CONFIG_FILE)
+    prediction_type = comps.scheduler_config.prediction_type
+    alphas_cumprod = comps.scheduler_config.alphas_cumprod().to(device)         # float64 ᾱ_t, on the device
+    T = comps.scheduler_config.num_train_timesteps
+    scaling_factor = float(comps.vae.config.scaling_factor)
+
+    # ---- cache (or raw tensors) on the device
+    comps.vae.to(device)
+    comps.text_encoder.to(device)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    enc = prepare_data(train_data, comps, cfg, accelerator, cache_dir, flips=cfg.data.random_flip)
+    val_enc = prepare_data(val_data, comps, cfg, accelerator, cache_dir, flips=False) if val_data else None
+    heldout = (make_heldout_batch(val_enc, scaling_factor, T, cfg.seed, comps.vae, comps.text_encoder)
+               if val_enc is not None else None)
+    latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
+    logger.info("U-Net training on %s: %d images, %d processes, %s, prediction_type=%s", device, len(train_data),
+                accelerator.num_processes, "cached latents+embeddings" if enc.mean is not None else "encoding every step",
+                prediction_type)
+
+    # ---- optimizer, schedule, EMA, Accelerate
+    unet, text_encoder = comps.unet, comps.text_encoder
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+    optimizer = make_optimizer(params, o)
+    lr_scheduler = make_lr_scheduler(optimizer, o)
+    if cfg.train_text_encoder:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    else:
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema = make_ema(accelerator.unwrap_model(unet), cfg.ema)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
+    sampler = StepSampler(len(train_data), global_batch, cfg.seed, device)
+
+    # ---- resume
+    step, earlier_wall_time, initial_val = 0, 0.0, None
+    ckpt = resolve_resume(out, resume)
+    if ckpt is not None:
+        state = load_checkpoint(accelerator, ckpt)
+        step, earlier_wall_time, initial_val = state["step"], state.get("wall_time_s", 0.0), state.get("heldout_loss_initial")
+        if ema is not None:
+            ema.to(device)
+        logger.info("resumed from %s at step %d", ckpt, step)
+    if heldout is not None and accelerator.is_main_process and step == 0:
+        initial_val = heldout_loss(accelerator.unwrap_model(unet), heldout, alphas_cumprod, prediction_type,
+                                   cfg.min_snr_gamma)
+        accelerator.log({"val/loss": initial_val}, step=0)
+
+    # ---- the loop
+    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc="train unet", dynamic_ncols=True)
+    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+    while step < o.max_train_steps:
+        # randomness of the whole global batch for this step, identical on every process
+        g = step_generator(cfg.seed, step, device)
+        idx = sampler.indices(step)                                                   # (G,)
+        t = torch.randint(0, T, (global_batch,), generator=g, device=device)          # (G,)
+        eps = sample_noise((global_batch, *latent_shape), generator=g, offset_noise=cfg.offset_noise, device=device)
+        post = torch.randn((global_batch, *latent_shape), generator=g, device=device)  # posterior sample noise
+        drop = torch.rand(global_batch, generator=g, device=device) < cfg.data.caption_dropout
+        flip = torch.rand(global_batch, generator=g, device=device) < (0.5 if cfg.data.random_flip else 0.0)
+        unet.train()
+        for micro in range(o.gradient_accumulation_steps):
+            sl = local_slice(micro, accelerator, o.batch_size)
+            with accelerator.accumulate(unet):
+                z0, emb = batch_inputs(enc, comps.vae, text_encoder, idx[sl], flip[sl], drop[sl], post[sl],
+                                       scaling_factor)                              # (B, C, h, w), (B, L, D)
+                loss = diffusion_loss(unet, z0, emb, t[sl], eps[sl], alphas_cumprod, prediction_type,
+                                      cfg.min_snr_gamma)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and o.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach() / o.gradient_accumulation_steps
+        lr_scheduler.step()
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        step += 1
+        running_n += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == o.max_train_steps:
+            last_loss = float(accelerator.reduce(running, "mean")) / running_n    # the only regular host sync
+            running.zero_()
+            running_n = 0
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if cfg.validation_steps and step % cfg.validation_steps == 0:
+            validate(cfg, accelerator, comps, unet, text_encoder, ema, heldout, alphas_cumprod, out, step)
+        if cfg.checkpointing_steps and (step % cfg.checkpointing_steps == 0 or step == o.max_train_steps):
+            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "epoch": sampler.epoch(step),
+                                                          "wall_time_s": earlier_wall_time + timer.elapsed(),
+                                                          "heldout_loss_initial": initial_val},
+                            cfg.checkpoints_total_limit)
+    bar.close()
+
+    # ---- final export: a pipeline folder with the EMA weights
+    summary = {}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipe = export_pipeline(accelerator, comps, unet, text_encoder, ema, cfg)
+        final_val = (heldout_loss(pipe.unet, heldout, alphas_cumprod, prediction_type, cfg.min_snr_gamma)
+                     if heldout is not None else None)
+        dtype = torch.float16 if cfg.export_dtype == "float16" else None
+        pipe.save_pretrained(out / "final", dtype=dtype)
+        summary = {"trainer": "unet", "steps": step, "wall_time_s": round(earlier_wall_time + timer.elapsed(), 1), "final_loss": last_loss,
+                   "heldout_loss_initial": initial_val, "heldout_loss_final_ema": final_val,
+                   "global_batch": global_batch, "processes": accelerator.num_processes, "device": str(device),
+                   "cache_key": enc.key, "config_path": config_path, "output": str(out / "final")}
+        save_config(cfg, out / "final" / "training_config.yaml")
+        write_summary(out / "final" / "training_summary.json", summary)
+        logger.info("pipeline saved to %s (held-out loss %s -> %s)", out / "final", initial_val, final_val)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def export_pipeline(accelerator, comps: Components, unet, text_encoder, ema, cfg: UNetTrainConfig):
+    """A TextToImagePipeline around copies of the current (EMA) weights; training modules untouched."""
+    from latentdiff.pipelines import TextToImagePipeline
+
+    unet_eval = ema_copy(accelerator.unwrap_model(unet), ema).float()
+    te = accelerator.unwrap_model(text_encoder)
+    if cfg.train_text_encoder:
+        te = ema_copy(te, None)
+    return TextToImagePipeline(unet_eval, comps.vae, te, comps.tokenizer, comps.scheduler_config, comps.defaults)
+
+
+def validate(cfg: UNetTrainConfig, accelerator, comps: Components, unet, text_encoder, ema, heldout,
+             alphas_cumprod, out: Path, step: int) -> float | None:
+    """Held-out loss (fixed t/eps) and a grid of samples for fixed prompts (columns) and seeds (rows)."""
+    value = None
+    if accelerator.is_main_process:
+        pipe = export_pipeline(accelerator, comps, unet, text_encoder, ema, cfg)
+        if heldout is not None:
+            value = heldout_loss(pipe.unet, heldout, alphas_cumprod, comps.scheduler_config.prediction_type,
+                                 cfg.min_snr_gamma)
+            accelerator.log({"val/loss": value}, step=step)
+        prompts = [p for _ in cfg.validation_seeds for p in cfg.validation_prompts]
+        seeds = [s for s in cfg.validation_seeds for _ in cfg.validation_prompts]
+        images = pipe(prompts, seed=seeds, num_inference_steps=cfg.validation_num_inference_steps,
+                      guidance_scale=cfg.validation_guidance_scale, sampler=cfg.validation_sampler or None).images
+        grid = make_grid(images, cols=len(cfg.validation_prompts))
+        save_png_atomic(grid, out / "validation" / f"step-{step:07d}.png")
+        try:
+            import numpy as np
+
+            accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/samples", np.asarray(grid), step,
+                                                                          dataformats="HWC")
+        except Exception as e:  # no tensorboard tracker: the PNG on disk is enough
+            logger.debug("grid not logged to TensorBoard: %s", e)
+        logger.info("step %d: held-out loss %s, samples in %s", step, value, out / "validation")
+    comps.text_encoder.train(cfg.train_text_encoder)
+    accelerator.wait_for_everyone()
+    return value
+
+
+EPILOG = """examples:
+  # the shipped emoji model (after `latentdiff train vae --config configs/emoji_vae.yaml`)
+  latentdiff train unet --config configs/emoji_unet.yaml
+  # with a contrastively trained text encoder from `latentdiff train clip`
+  latentdiff train unet --config configs/emoji_unet.yaml --set text_encoder_from=runs/clip/text_encoder
+  # a quick test-size run on CPU
+  latentdiff train unet --config configs/tiny_unet.yaml --output-dir runs/tiny_unet --device cpu
+  # continue an interrupted run exactly; change hyper-parameters with --set
+  latentdiff train unet --config configs/emoji_unet.yaml --resume latest --set optim.max_train_steps=40000
+  # multi-GPU (global batch = batch_size x processes x gradient_accumulation_steps)
+  accelerate launch --num_processes 4 -m latentdiff.train.unet --config configs/emoji_unet.yaml
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(train, UNetTrainConfig, argv, "latentdiff train unet",
+                    "Train the text-conditioned U-Net of a latent diffusion model on cached VAE latents and "
+                    "text embeddings; exports output_dir/final, a pipeline folder with the EMA weights.", EPILOG)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
