@@ -585,7 +585,7 @@ EPILOG = """examples:
   # continue an interrupted run exactly; change hyper-parameters with --set
   latentdiff train unet --config configs/emoji_unet.yaml --resume latest --set optim.max_train_steps=40000
   # multi-GPU (global batch = batch_size x processes x gradient_accumulation_steps)
-  accelerate launch --num_processes 4 -m latentdiff.train.unet --config configs/emoji_unet.yaml
+  accelerate launch --multi_gpu --num_processes 4 -m latentdiff.train.unet --config configs/emoji_unet.yaml
 """
 
 
@@ -595,7 +595,11 @@ def main(argv: list[str] | None = None) -> int:
                     "text embeddings; exports output_dir/final, a pipeline folder with the EMA weights.", EPILOG)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `accelerate launch -m latentdiff.train.X` / `python -m latentdiff.train.X`
     import sys
 
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:  # user errors: one line, like the latentdiff CLI
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,422 @@
+"""Training: exact resume after SIGKILL, atomic checkpoints, 2-process equivalence, learning on the
+emoji set (VAE PSNR, U-Net held-out loss), cache keys, strict configs.
+
+Everything runs the tiny configs on CPU with one thread per process (on a shared, loaded machine
+that is several times faster than competing OpenMP threads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from latentdiff.train.common import (
+    ImageData,
+    cache_key,
+    hash_module,
+    list_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
+from latentdiff.train.unet import (
+    UNetTrainConfig,
+    batch_inputs,
+    cache_parts,
+    caption_table,
+    heldout_loss,
+    make_heldout_batch,
+    prepare_data,
+    tokenize,
+)
+from latentdiff.train.unet import train as train_unet
+from latentdiff.train.vae import VAETrainConfig, heldout_psnr
+from latentdiff.train.vae import train as train_vae
+from safetensors.torch import load_file
+
+from latentdiff.config import ConfigError, load_config
+from latentdiff.models import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VAE = ROOT / "configs" / "tiny_vae.yaml"
+TINY_UNET = ROOT / "configs" / "tiny_unet.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+BASE = {"data.max_samples": 32, "data.validation_split": "", "optim.batch_size": 8, "validation_steps": 0,
+        "log_every": 2}
+
+
+def unet_cfg(out: Path, **overrides) -> UNetTrainConfig:
+    """The tiny U-Net config as tests run it in-process (same settings as :func:`cli_args`)."""
+    base = {"output_dir": str(out), "device": "cpu", "cpu_threads": 1, **BASE}
+    return load_config(TINY_UNET, UNetTrainConfig, {**base, **overrides})
+
+
+def cli_args(out: Path, **overrides) -> list[str]:
+    """The same config as :func:`unet_cfg`, as command-line flags for a subprocess."""
+    args = ["--config", str(TINY_UNET), "--output-dir", str(out), "--device", "cpu", "--num-threads", "1"]
+    for k, v in {**BASE, **overrides}.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume and atomic checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    steps, every = 22, 4  # the last checkpoint is at 22 (always saved at the end)
+    over = {"optim.max_train_steps": steps, "checkpointing_steps": every, "checkpoints_total_limit": 0,
+            "cache_dir": str(tmp_path / "cache")}
+    # uninterrupted reference, in-process
+    train_unet(unet_cfg(tmp_path / "ref", **over))
+
+    # the same run in a subprocess, SIGKILLed at a random moment after its first checkpoint
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "latentdiff.cli", "train", "unet", *cli_args(out, **over)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not list_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.0, 0.3))  # kill at a random step (possibly mid-save)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert not (out / "final").exists()
+    done = list_checkpoints(out)
+    assert done and done[-1][0] < steps
+    killed_at = done[-1][0]
+
+    # resume in-process from the newest complete checkpoint
+    summary = train_unet(unet_cfg(out, **over), resume="latest")
+    assert summary["steps"] == steps
+    ref, res = tmp_path / "ref", out
+    raw = max_abs_diff(weights(ref / f"checkpoints/checkpoint-{steps}/model.safetensors"),
+                       weights(res / f"checkpoints/checkpoint-{steps}/model.safetensors"))
+    ema = max_abs_diff(weights(ref / "final/unet/diffusion_pytorch_model.safetensors"),
+                       weights(res / "final/unet/diffusion_pytorch_model.safetensors"))
+    print(f"killed after checkpoint {killed_at}; max |Δ| raw {raw:.2e}, EMA {ema:.2e}")
+    assert raw <= 1e-6 and ema <= 1e-6
+    # and training did move the weights (the comparison is not vacuous)
+    first = weights(ref / f"checkpoints/checkpoint-{every}/model.safetensors")
+    assert max_abs_diff(first, weights(ref / f"checkpoints/checkpoint-{steps}/model.safetensors")) > 1e-4
+
+
+def test_failed_save_leaves_previous_checkpoint_usable(tmp_path):
+    from accelerate import Accelerator
+
+    out = tmp_path / "run"
+    cfg = unet_cfg(out, **{"optim.max_train_steps": 4, "checkpointing_steps": 2, "checkpoints_total_limit": 2})
+    train_unet(cfg)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+
+    accelerator = Accelerator(cpu=True)
+
+    def crashing_save_state(output_dir, **_):  # partial files, then a crash mid-save
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"\x00" * 100)
+        raise RuntimeError("simulated crash during save")
+
+    accelerator.save_state = crashing_save_state
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        save_checkpoint(accelerator, out, 6, cfg, {"loss": 0.0}, keep=2)
+    assert (out / "checkpoints" / ".tmp-checkpoint-6").exists()  # the partial write exists...
+    assert resolve_resume(out, "latest") == out / "checkpoints" / "checkpoint-4"  # ...and is ignored
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_resume(out, str(out / "checkpoints" / ".tmp-checkpoint-6"))
+    # the previous checkpoint resumes and training continues; the stale temp folder is cleaned up
+    summary = train_unet(unet_cfg(out, **{"optim.max_train_steps": 6, "checkpointing_steps": 2,
+                                          "checkpoints_total_limit": 2}), resume="latest")
+    assert summary["steps"] == 6
+    assert [s for s, _ in list_checkpoints(out)] == [4, 6]
+    assert not (out / "checkpoints" / ".tmp-checkpoint-6").exists()
+    state = json.loads((out / "checkpoints/checkpoint-6/trainer_state.json").read_text())
+    assert state["step"] == 6 and (out / "checkpoints/checkpoint-6/config.yaml").is_file()
+
+
+def test_gradient_accumulation_matches_larger_batch(tmp_path):
+    """Batch 8 in one step == batch 4 twice accumulated: the global batch is sliced, not re-drawn."""
+    common = {"optim.max_train_steps": 3, "checkpointing_steps": 3, "cache_dir": str(tmp_path / "cache")}
+    train_unet(unet_cfg(tmp_path / "a", **common, **{"optim.batch_size": 8}))
+    train_unet(unet_cfg(tmp_path / "b", **common, **{"optim.batch_size": 4, "optim.gradient_accumulation_steps": 2}))
+    d = max_abs_diff(weights(tmp_path / "a/checkpoints/checkpoint-3/model.safetensors"),
+                     weights(tmp_path / "b/checkpoints/checkpoint-3/model.safetensors"))
+    assert d <= 1e-5, d
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale-out: 2 processes (gloo) == 1 process with the same global batch
+# ----------------------------------------------------------------------------------------------
+
+
+def test_two_process_run_matches_one_process(tmp_path):
+    steps = 4
+    common = {"optim.max_train_steps": steps, "checkpointing_steps": steps, "cache_dir": str(tmp_path / "cache")}
+    train_unet(unet_cfg(tmp_path / "one", **common, **{"optim.batch_size": 8}))
+    # `--multi_gpu` makes accelerate start torchrun; with --device cpu the processes use gloo
+    # (`accelerate launch --cpu --num_processes N` starts the N processes only through mpirun).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(29500 + os.getpid() % 1000),
+           "-m", "latentdiff.train.unet", *cli_args(tmp_path / "two", **common, **{"optim.batch_size": 4})]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = tmp_path / f"two/checkpoints/checkpoint-{steps}"
+    assert (ckpt / "random_states_1.pkl").is_file(), "the launcher did not start 2 processes"
+    summary = json.loads((tmp_path / "two/final/training_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 8
+    one = weights(tmp_path / f"one/checkpoints/checkpoint-{steps}/model.safetensors")
+    d = max_abs_diff(one, weights(ckpt / "model.safetensors"))
+    print(f"1 vs 2 processes after {steps} steps: max |Δ| = {d:.2e}")
+    assert d <= 1e-5  # fp32 all-reduce sums the two half-batch gradients in another order
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning on the emoji set
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    cfg = load_config(TINY_VAE, VAETrainConfig, {
+        "output_dir": str(out), "device": "cpu", "cpu_threads": 1, "data.max_samples": 256,
+        "data.max_validation_samples": 64, "optim.max_train_steps": 60, "checkpointing_steps": 0,
+        "validation_steps": 60})
+    summary = train_vae(cfg)
+    return out, cfg, summary
+
+
+def test_vae_reconstructs_heldout_emoji_better_than_init(trained_vae):
+    from diffusers import AutoencoderKL
+    from latentdiff.train.common import load_image_data
+
+    out, cfg, summary = trained_vae
+    mc = load_config(ROOT / cfg.model, ModelConfig)
+    torch.manual_seed(cfg.seed)
+    init = mc.vae.build(mc.resolution).eval()
+    heldout = load_image_data(cfg.data, "test", mc.resolution)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    before, after = heldout_psnr(init, heldout.images, 64, "cpu"), heldout_psnr(vae, heldout.images, 64, "cpu")
+    print(f"tiny VAE held-out PSNR: init {before:.2f} dB -> {after:.2f} dB after {summary['steps']} steps")
+    assert after > before + 3.0
+    assert abs(after - summary["heldout_psnr_db"]) < 1e-3
+    # the scaling factor was measured and stored: unit variance of scaled posterior samples
+    sf = vae.config.scaling_factor
+    assert sf != 1.0 and abs(sf - summary["scaling_factor"]) < 1e-9
+    from latentdiff.train.vae import encode_stats
+
+    mean, std = encode_stats(vae, load_image_data(cfg.data, "train", mc.resolution).images, 64, "cpu")
+    z = (mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))) * sf
+    assert abs(float(z.std()) - 1.0) < 0.05
+    assert list((out / "validation").glob("step-*.png"))
+
+
+def test_unet_training_lowers_heldout_loss_and_exports_pipeline(trained_vae, tmp_path):
+    vae_out, _, _ = trained_vae
+    out = tmp_path / "unet"
+    cfg = load_config(TINY_UNET, UNetTrainConfig, {
+        "output_dir": str(out), "device": "cpu", "cpu_threads": 1, "vae_from": str(vae_out / "vae"),
+        "data.max_samples": 256, "data.max_validation_samples": 64, "optim.max_train_steps": 60,
+        "optim.batch_size": 16, "checkpointing_steps": 0, "validation_steps": 60,
+        "validation_num_inference_steps": 2})
+    summary = train_unet(cfg)
+    before, after = summary["heldout_loss_initial"], summary["heldout_loss_final_ema"]
+    print(f"tiny U-Net held-out loss (fixed t, eps): {before:.4f} -> {after:.4f} after {summary['steps']} steps")
+    assert after < 0.8 * before
+
+    # the exported folder loads in our pipeline (and gives the same held-out loss) and in diffusers
+    from diffusers import StableDiffusionPipeline
+    from latentdiff.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_pretrained(out / "final")
+    assert pipe("red apple", seed=0, num_inference_steps=2).images[0].size == (32, 32)
+    from latentdiff.train.common import load_image_data
+
+    val = load_image_data(cfg.data, "test", 32)
+    cache = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer}
+    comps = type("C", (), cache)
+    enc = prepare_data(val, comps, cfg, _FakeAccelerator(), out / "cache", flips=False)
+    batch = make_heldout_batch(enc, pipe.vae.config.scaling_factor, 1000, cfg.seed)
+    again = heldout_loss(pipe.unet, batch, pipe.alphas_cumprod, "epsilon", cfg.min_snr_gamma)
+    assert abs(again - after) < 1e-4
+    sd = StableDiffusionPipeline.from_pretrained(out / "final", safety_checker=None)
+    assert sd.unet.config.sample_size == pipe.unet.config.sample_size
+    assert (out / "final/training_summary.json").is_file() and list((out / "validation").glob("step-*.png"))
+
+
+class _FakeAccelerator:
+    device = torch.device("cpu")
+    is_main_process = is_local_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache keys and the cached step
+# ----------------------------------------------------------------------------------------------
+
+
+def _tiny_models():
+    from latentdiff.tokenizer import build_clip_tokenizer
+
+    mc = load_config(TINY_UNET.parent / "tiny.yaml", ModelConfig)
+    torch.manual_seed(0)
+    return mc.vae.build(32).eval(), mc.text_encoder.build().eval(), build_clip_tokenizer()
+
+
+def test_cache_key_changes_with_vae_weights_and_data():
+    vae, te, tok = _tiny_models()
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     ["red apple", "dog face", "red apple", "sun", "", "pizza"], "test", "train")
+    table, _ = caption_table(data.captions)
+    ids = tokenize(tok, table)
+
+    def key(d=data, v=vae, flips=False):
+        return cache_key(cache_parts(d, v, te, ids, flips, True))
+
+    k0 = key()
+    assert key() == k0  # deterministic
+    v2, _, _ = _tiny_models()
+    assert hash_module(v2) == hash_module(vae) and key(v=v2) == k0
+    with torch.no_grad():
+        next(v2.parameters()).view(-1)[0] += 1e-3
+    assert key(v=v2) != k0  # other VAE weights
+    pix = data.images.clone()
+    pix[0, 0, 0, 0] ^= 1
+    assert key(d=ImageData(pix, data.captions, "test", "train")) != k0  # one pixel changed
+    caps = list(data.captions)
+    caps[1] = "cat face"
+    assert key(d=ImageData(data.images, caps, "test", "train")) != k0  # one caption changed
+    assert key(flips=True) != k0  # other transforms
+
+
+def test_stale_cache_is_not_used(tmp_path):
+    vae, te, tok = _tiny_models()
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     ["a", "b", "c", "d"], "test", "train")
+    cfg = unet_cfg(tmp_path)
+    comps = type("C", (), {"vae": vae, "text_encoder": te, "tokenizer": tok})
+    enc1 = prepare_data(data, comps, cfg, _FakeAccelerator(), tmp_path, flips=False)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.mul_(1.1)
+    enc2 = prepare_data(data, comps, cfg, _FakeAccelerator(), tmp_path, flips=False)
+    assert enc1.key != enc2.key and len(list(tmp_path.glob("train-*.safetensors"))) == 2
+    assert not torch.allclose(enc1.mean, enc2.mean)
+    # the second encoding equals a fresh one with the changed VAE (it was not read from the stale file)
+    fresh = vae.encode(data.images.float() / 127.5 - 1).latent_dist.mean
+    torch.testing.assert_close(enc2.mean[0], fresh, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_step_inputs_equal_encoding_every_step(tmp_path):
+    """Cached μ/σ + embeddings give the same z and conditioning as encoding through the VAE and
+    text encoder each step (diffusers' train_text_to_image path), flips and dropout included."""
+    vae, te, tok = _tiny_models()
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     ["red apple", "dog face", "red apple", "sun", "moon", "pizza"], "test", "train")
+    comps = type("C", (), {"vae": vae, "text_encoder": te, "tokenizer": tok})
+    cached = prepare_data(data, comps, unet_cfg(tmp_path), _FakeAccelerator(), tmp_path, flips=True)
+    raw = prepare_data(data, comps, unet_cfg(tmp_path, cache=False), _FakeAccelerator(), tmp_path, flips=True)
+    assert cached.mean is not None and raw.mean is None
+    idx = torch.tensor([5, 0, 2, 2])
+    flip = torch.tensor([True, False, True, False])
+    drop = torch.tensor([False, True, False, False])
+    noise = torch.randn(4, 4, 16, 16, generator=g)
+    z1, e1 = batch_inputs(cached, vae, te, idx, flip, drop, noise, 0.5)
+    with torch.no_grad():
+        z2, e2 = batch_inputs(raw, vae, te, idx, flip, drop, noise, 0.5)
+    torch.testing.assert_close(z1, z2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(e1, e2, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(z1[2], z1[3])  # the mirrored image has other latents
+    uncond = te(tokenize(tok, [""]))[0][0]
+    torch.testing.assert_close(e1[1], uncond, atol=1e-5, rtol=1e-5)  # dropped caption -> ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad configs fail before training
+# ----------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    from latentdiff.train.unet import main
+
+    p = _write(tmp_path, TINY_UNET.read_text() + "learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="Unknown config key.*learning_rate"):
+        main(["--config", str(p), "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="optim.learnig_rate"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "optim.learnig_rate=1"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    from latentdiff.train.vae import main
+
+    p = _write(tmp_path, TINY_VAE.read_text().replace("batch_size: 16", "batch_size: sixteen"))
+    with pytest.raises(ConfigError, match="optim.batch_size.*integer"):
+        main(["--config", str(p), "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        main(["--config", str(TINY_VAE), "--output-dir", str(tmp_path / "o"), "--set", "mixed_precision=fp8"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_source_and_model_are_errors(tmp_path):
+    from latentdiff.train.unet import main
+
+    with pytest.raises(ValueError, match="data.source is empty"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "data.source="])
+    with pytest.raises(ValueError, match="exactly one of `model`"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "model="])
+    with pytest.raises(ValueError, match="vae_from is empty"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "vae_from="])
+    with pytest.raises(FileNotFoundError, match="vae_from"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "vae_from=/nonexistent"])
+    with pytest.raises(ValueError, match="split 'validation' not in emoji"):
+        main(["--config", str(TINY_UNET), "--output-dir", str(tmp_path / "o"), "--set", "data.split=validation"])
+    assert not (tmp_path / "o").exists()
+    # through the CLI: a one-line error and exit status 2, no traceback
+    res = subprocess.run([sys.executable, "-m", "latentdiff.cli", "train", "unet", "--config", str(TINY_UNET),
+                          "--set", "data.source="], env=ENV, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "data.source is empty" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_vae_discriminator_option_trains(tmp_path):
+    cfg = load_config(TINY_VAE, VAETrainConfig, {
+        "output_dir": str(tmp_path), "device": "cpu", "cpu_threads": 1, "data.max_samples": 16,
+        "data.validation_split": "", "optim.batch_size": 4, "optim.max_train_steps": 3, "checkpointing_steps": 3,
+        "discriminator.enabled": True, "discriminator.start_step": 1, "discriminator.channels": 8,
+        "discriminator.layers": 2, "random_crop": 16})
+    summary = train_vae(cfg)
+    assert summary["steps"] == 3 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
+    assert (tmp_path / "vae/diffusion_pytorch_model.safetensors").is_file()
+    assert "model_1.safetensors" in {p.name for p in (tmp_path / "checkpoints/checkpoint-3").iterdir()}

@@ -1,0 +1,607 @@
+"""Pieces the trainers share: typed config sections, the CLI, Accelerate setup, in-memory image
+data, the step-keyed sampler and noise, atomic checkpoints, EMA, cache files and hashing.
+
+Design notes
+------------
+* **Data lives in memory as tensors.** The training set is decoded once into a uint8 tensor
+  ``(N, 3, R, R)`` on the training device; a step is tensor indexing only (no PIL, no DataLoader
+  workers). That is what makes small-model CPU training fast and keeps the GPU fed.
+* **Randomness is a pure function of (seed, step).** The batch order (a fresh permutation per epoch)
+  and every per-step random draw (timesteps, noise, flips, caption dropout) come from generators
+  seeded with ``(seed, step)``; each step draws the randomness of the *global* batch (all processes,
+  all accumulation micro-steps) and every process takes its slice. So ``--resume`` continues exactly
+  (the "sampler state" is the step number, stored in the checkpoint), and a 2-process run sees the
+  same samples and noise as a 1-process run with the same global batch.
+* **Checkpoints are atomic.** ``accelerator.save_state`` writes into a hidden temporary folder
+  which is renamed to ``checkpoint-STEP`` only after everything (weights, optimizer, scheduler, EMA,
+  RNG states, resolved config, ``trainer_state.json``) is on disk; ``latest`` only ever resolves to
+  a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from latentdiff.config import ConfigError, atomic_write_text, load_config, save_config
+
+logger = logging.getLogger("latentdiff.train")
+
+# embedded datasets read straight from their parquet (latentdiff/data/<folder>/emoji.parquet), no `datasets` needed
+_EMBEDDED_FOLDERS = {"emoji": "emoji", "emoji:noto": "emoji", "emoji_symbola": "emoji_symbola",
+                     "emoji:symbola": "emoji_symbola"}
+EMBEDDED_DATASETS = tuple(_EMBEDDED_FOLDERS)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+CONFIG_FILE = "config.yaml"
+
+
+# ----------------------------------------------------------------------------------------------
+# Config sections shared by the trainers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    source: str = ""                  # "emoji" (embedded), "emoji_symbola", an imagefolder, or a datasets name/path
+    split: str = "train"              # training split
+    validation_split: str = "test"    # held-out split for validation loss / PSNR ("" = none)
+    image_column: str = "image"
+    caption_column: str = "text"
+    resolution: int = 0               # 0 = the model config's resolution
+    center_crop: bool = True
+    random_flip: bool = False         # off by default: flags and text are not mirror-symmetric
+    caption_dropout: float = 0.0      # probability a caption becomes "" (classifier-free guidance)
+    max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
+    max_validation_samples: int = 256
+
+    def validate(self):
+        if not self.source:
+            raise ValueError("data.source is empty: set it to 'emoji' (the embedded dataset), an imagefolder path "
+                             "(metadata.jsonl or .txt captions) or a datasets name/path")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.resolution < 0 or self.max_samples < 0 or self.max_validation_samples < 0:
+            raise ValueError("data.resolution, data.max_samples and data.max_validation_samples must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 64                   # per process and micro-step
+    gradient_accumulation_steps: int = 1   # global batch = batch_size x processes x accumulation
+    learning_rate: float = 1e-4
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = 0               # linear warm-up from 0, for every scheduler
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0             # 0 = no clipping
+    max_train_steps: int = 1000            # optimizer steps
+
+    def validate(self):
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or self.max_train_steps < 1:
+            raise ValueError("optim.batch_size, optim.gradient_accumulation_steps and optim.max_train_steps must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (diffusers' ``EMAModel``); decay 0 turns it off."""
+
+    decay: float = 0.0
+    use_warmup: bool = True    # decay_t = 1 - (1 + t)^-power, capped at decay (Karras' EMA warm-up)
+    power: float = 0.75        # 3/4 reaches 0.999 at ~10k steps (2/3: at ~31k)
+    update_after_step: int = 0
+
+    def validate(self):
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1) (0 = off), got {self.decay}")
+
+
+Device = Literal["auto", "cpu", "cuda"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="training config YAML (see configs/*_vae.yaml, configs/*_unet.yaml)")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--max-train-steps", type=int, help="override optim.max_train_steps")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device (auto: CUDA when available)")
+    p.add_argument("--num-threads", type=int, help="override cpu_threads (torch CPU threads; 0 = torch's default)")
+    p.add_argument("--resume", metavar="latest|PATH",
+                   help="continue from the newest complete checkpoint in output_dir/checkpoints, or from PATH")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, dotted for sections, YAML-typed: --set optim.learning_rate=3e-4")
+    return p
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["optim.batch_size=8", "data.random_flip=true"]`` → ``{"optim.batch_size": 8, ...}`` (YAML-typed)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.learning_rate=3e-4")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def load_train_config(args: argparse.Namespace, cls):
+    """The config file, then ``--set`` overrides, then the named flags; errors name the bad key."""
+    overrides = parse_overrides(args.overrides)
+    if args.output_dir is not None:
+        overrides["output_dir"] = args.output_dir
+    if args.max_train_steps is not None:
+        overrides["optim.max_train_steps"] = args.max_train_steps
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.num_threads is not None:
+        overrides["cpu_threads"] = args.num_threads
+    return load_config(args.config, cls, overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Accelerate, seeds, devices
+# ----------------------------------------------------------------------------------------------
+
+
+def set_cpu_threads(n: int) -> None:
+    """``torch.set_num_threads(n)`` when n > 0. On a shared, loaded CPU one thread per process is
+    often several times faster than OpenMP threads competing for cores."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_mixed_precision(requested: str, device: str) -> str:
+    """``requested`` if the device supports it; on CPU always "no" (bf16 autocast on CPU is slow
+    and changes results), bf16 falls back to fp16 on GPUs without bf16."""
+    if requested == "no":
+        return "no"
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        logger.warning("mixed_precision=%s ignored on CPU; training in fp32", requested)
+        return "no"
+    if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        logger.warning("this GPU has no bf16; using fp16 mixed precision")
+        return "fp16"
+    return requested
+
+
+def make_accelerator(cfg, output_dir: Path, project_name: str):
+    """``Accelerator`` with gradient accumulation, mixed precision and TensorBoard logging in
+    ``output_dir/logs``. Launchers (``accelerate launch``) set processes and devices."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available; use --device cpu or --device auto")
+    try:
+        import tensorboard  # noqa: F401
+
+        log_with = "tensorboard"
+    except ImportError:
+        log_with = None
+        logger.warning("tensorboard is not installed; logging to the console only")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device),
+        cpu=cfg.device == "cpu",
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    if log_with:
+        accelerator.init_trackers(project_name, config=flat_hparams(cfg))
+    return accelerator
+
+
+def flat_hparams(cfg) -> dict:
+    """Config as flat scalars for TensorBoard's hparams (lists become strings)."""
+    out = {}
+
+    def walk(prefix, obj):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(v):
+                walk(key + ".", v)
+            elif isinstance(v, (int, float, str, bool)):
+                out[key] = v
+            else:
+                out[key] = str(v)
+
+    walk("", cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer, LR schedule, EMA
+# ----------------------------------------------------------------------------------------------
+
+
+def make_optimizer(params, o: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019)."""
+    return torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
+                             weight_decay=o.adam_weight_decay, eps=o.adam_epsilon)
+
+
+def make_lr_scheduler(optimizer, o: OptimConfig):
+    """diffusers' schedulers, stepped once per optimizer step (not per process)."""
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if o.lr_scheduler == "constant" and o.lr_warmup_steps else o.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=o.lr_warmup_steps, num_training_steps=o.max_train_steps)
+
+
+def make_ema(module: torch.nn.Module, e: EMAConfig):
+    """diffusers' ``EMAModel`` over ``module``'s parameters, or None when ``e.decay == 0``."""
+    if not e.decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(module.parameters(), decay=e.decay, use_ema_warmup=e.use_warmup, power=e.power,
+                    update_after_step=e.update_after_step, foreach=True)
+
+
+def ema_copy(module: torch.nn.Module, ema) -> torch.nn.Module:
+    """A detached copy of ``module`` carrying the EMA weights (the training module is untouched)."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    if ema is not None:
+        ema.copy_to(clone.parameters())
+    return clone.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: decoded once into tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageData:
+    """A split in memory: ``images`` uint8 (N, 3, R, R); ``captions[i]`` its caption."""
+
+    images: torch.Tensor
+    captions: list[str]
+    source: str
+    split: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def fingerprint(self) -> str:
+        """sha256 of the pixels and captions: identifies the data content for cache keys."""
+        h = hashlib.sha256()
+        h.update(self.images.contiguous().cpu().numpy().tobytes())
+        h.update("\x00".join(self.captions).encode("utf-8"))
+        return h.hexdigest()
+
+
+def embedded_parquet(name: str) -> Path:
+    import latentdiff
+
+    return Path(latentdiff.__file__).parent / "data" / _EMBEDDED_FOLDERS[name] / "emoji.parquet"
+
+
+def _decode_rgb(png: bytes, resolution: int, center_crop: bool):
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    if im.size != (resolution, resolution):
+        w, h = im.size
+        if center_crop and w != h:
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
+    """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
+    ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
+    if d.source in EMBEDDED_DATASETS:
+        import pyarrow.parquet as pq
+
+        path = embedded_parquet(d.source)
+        if not path.is_file():
+            raise FileNotFoundError(f"embedded dataset {d.source!r} not found at {path}; reinstall latentdiff")
+        table = pq.read_table(path, columns=["image", d.caption_column, "split"])
+        splits = table.column("split").to_pylist()
+        if split not in set(splits):
+            raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
+        rows = [i for i, s in enumerate(splits) if s == split]
+        images_col = table.column("image").to_pylist()
+        captions_col = table.column(d.caption_column).to_pylist()
+        arrays = [_decode_rgb(images_col[i]["bytes"], resolution, d.center_crop) for i in rows]
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        captions = [captions_col[i] or "" for i in rows]
+    else:
+        try:
+            from latentdiff.data import build_dataset
+        except ImportError as e:
+            raise ValueError(f"data.source {d.source!r} needs latentdiff.data.build_dataset ({e}); the embedded "
+                             f"sources {EMBEDDED_DATASETS} work without it") from None
+        ds = build_dataset(d.source, split=split, image_column=d.image_column, caption_column=d.caption_column,
+                           resolution=resolution, center_crop=d.center_crop, random_flip=False, caption_dropout=0.0)
+        if getattr(ds, "report", None) is not None:
+            logger.info("data %s (%s): %s", d.source, split, ds.report)  # converted / skipped items, counted
+        items = [ds[i] for i in range(len(ds))]
+        # pixel_values in [-1, 1] -> uint8, the in-memory format
+        images = torch.stack([((it["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for it in items])
+        captions = [it["caption"] for it in items]
+    if len(captions) == 0:
+        raise ValueError(f"{d.source} split {split!r} is empty: nothing to train on")
+    limit = d.max_samples if split == d.split else d.max_validation_samples
+    if limit and len(captions) > limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(captions), size=limit, replace=False))  # fixed subset
+        images = images[torch.from_numpy(keep)]
+        captions = [captions[i] for i in keep]
+    return ImageData(images, captions, d.source, split)
+
+
+def to_pixels(images_u8: torch.Tensor, flip: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (B, 3, R, R) → float in [-1, 1]; ``flip`` (B,) bool mirrors those images horizontally."""
+    x = images_u8.to(dtype) / 127.5 - 1.0
+    if flip is not None:
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Step-keyed randomness and batch order
+# ----------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int, device: torch.device, stream: int = 0) -> torch.Generator:
+    """A generator for optimizer step ``step``: the same numbers on every process and on resume."""
+    g = torch.Generator(device=device)
+    g.manual_seed(((seed * 1_000_003 + step) * 1_009 + stream) % (2**63 - 1))
+    return g
+
+
+class StepSampler:
+    """Sample indices for each optimizer step: epoch e visits ``randperm(N)`` seeded by (seed, e),
+    and global sample position p = step·G + j (G = global batch) maps to ``perm_{p // N}[p % N]``.
+    The order is a pure function of (seed, step), so the sampler's state is the step number."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, device: torch.device):
+        self.n, self.global_batch, self.seed, self.device = num_samples, global_batch, seed, device
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = step_generator(self.seed, epoch, self.device, stream=7)
+            self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=g, device=self.device)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """(G,) dataset indices of step ``step``'s global batch, on device, no host sync."""
+        start = step * self.global_batch
+        pos = torch.arange(start, start + self.global_batch, device=self.device)
+        out = torch.empty_like(pos)
+        for epoch in range(start // self.n, (start + self.global_batch - 1) // self.n + 1):
+            mask = (pos // self.n) == epoch
+            out = torch.where(mask, self._perm(epoch)[pos % self.n], out)
+        return out
+
+    def epoch(self, step: int) -> float:
+        return step * self.global_batch / self.n
+
+
+def local_slice(micro: int, accelerator, batch_size: int) -> slice:
+    """This process's part of the global batch in accumulation micro-step ``micro``."""
+    start = (micro * accelerator.num_processes + accelerator.process_index) * batch_size
+    return slice(start, start + batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with ``trainer_state.json``), oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """``None`` → start fresh; ``"latest"`` → newest complete checkpoint (None, with a message, when
+    there is none yet); a path → that checkpoint, which must be complete."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.info("--resume latest: no checkpoint in %s yet; starting from scratch", checkpoint_dir(output_dir))
+            return None
+        return found[-1][1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder ({STATE_FILE} missing); "
+                                f"pass 'latest' or a folder like {checkpoint_dir(output_dir)}/checkpoint-1000")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, cfg, state: dict, keep: int) -> Path | None:
+    """``accelerator.save_state`` into a hidden temp folder, then the resolved config and
+    ``trainer_state.json``, then one rename to ``checkpoint-STEP``; keep the newest ``keep``.
+    A crash anywhere before the rename leaves only a hidden folder that ``latest`` ignores."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_config(cfg, tmp / CONFIG_FILE)
+        atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (keep <= 0: keep all), and stale temp folders."""
+    root = checkpoint_dir(output_dir)
+    for p in root.glob(".tmp-checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if keep > 0:
+        for _, p in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore everything ``save_checkpoint`` saved; returns trainer_state.json."""
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing and cache files
+# ----------------------------------------------------------------------------------------------
+
+
+def hash_module(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    """A short key over everything the cached tensors depend on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def save_tensors_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_tensors(path: Path, device) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.to(device) for k, v in load_file(str(path), device="cpu").items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics, summaries, small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], shape (B,)."""
+    mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    atomic_write_text(path, json.dumps(summary, indent=2))
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def check_model_source(model: str, init_from: str) -> None:
+    if bool(model) == bool(init_from):
+        raise ValueError("set exactly one of `model` (a model config YAML such as configs/emoji.yaml, to train from "
+                         "scratch) and `init_from` (an existing pipeline folder, to continue from its weights)")
+    if model and not Path(model).is_file():
+        raise FileNotFoundError(f"model config {model} not found; the shipped ones are configs/emoji.yaml, "
+                                "configs/tiny.yaml, configs/sd15.yaml")
+    if init_from and not Path(init_from).is_dir():
+        raise FileNotFoundError(f"init_from {init_from}: not a folder (expected a pipeline folder with model_index.json)")
+
+
+def run_main(train_fn, cls, argv, prog, description, epilog) -> int:
+    """Parse, load and validate the config (errors before any training), then train."""
+    args = build_parser(prog, description, epilog).parse_args(argv)
+    cfg = load_train_config(args, cls)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one line per saved file is noise
+    train_fn(cfg, resume=args.resume, config_path=args.config)
+    return 0
+
+
+__all__ = [
+    "ConfigError", "DataConfig", "OptimConfig", "EMAConfig", "ImageData", "StepSampler", "build_parser",
+    "load_train_config", "make_accelerator", "save_checkpoint", "resolve_resume", "list_checkpoints",
+    "load_image_data", "step_generator", "hash_module", "cache_key", "psnr", "math",
+]
