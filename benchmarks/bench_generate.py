@@ -1,0 +1,52 @@
+"""Wall time of one 64x64 image from the built-in emoji model: 20 steps with classifier-free
+guidance (one batched U-Net forward of 2 per step), prompt encoding and VAE decode included.
+
+    python benchmarks/bench_generate.py --repeats 10
+
+Target (issue 4): < 1 s on the 2-core CPU. Reports the median and the spread, plus the load average
+(other processes on the machine slow it down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="emoji")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from latentdiff.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_pretrained(args.model)
+    run = lambda i: pipe("red apple", seed=i, sampler=args.sampler, num_inference_steps=args.steps,  # noqa: E731
+                         guidance_scale=args.guidance)
+    run(0)  # warm-up: oneDNN kernel selection, allocator
+    times = []
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - t0)
+    result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+              "steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
+              "threads": torch.get_num_threads(), "load_before_after": os.getloadavg(), "torch": torch.__version__}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
