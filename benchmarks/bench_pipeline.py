@@ -67,11 +67,11 @@ def main(argv=None):
         for b in args.batch:
             prompts = ["a red apple on a table"] * b
 
-            def run_ours():
+            def run_ours(prompts=prompts):
                 ours(prompts, sampler="ddim", num_inference_steps=args.steps, guidance_scale=args.guidance,
                      seed=0, output_type="np", height=size, width=size)
 
-            def run_theirs():
+            def run_theirs(prompts=prompts, b=b):
                 gens = [torch.Generator().manual_seed(i) for i in range(b)]
                 theirs(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
                        output_type="np", height=size, width=size)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from latentdiff.train.unet import diffusion_loss
 
 from latentdiff.config import load_config
 from latentdiff.models import ModelConfig
 from latentdiff.tokenizer import build_clip_tokenizer
+from latentdiff.train.unet import diffusion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 

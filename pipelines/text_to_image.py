@@ -21,8 +21,8 @@ from PIL import Image
 
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
 from latentdiff.diffusion import make_timesteps, randn
-from latentdiff.lora import LoraMixin
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
+from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import SAMPLERS, get_sampler
 from latentdiff.tokenizer import save_tokenizer

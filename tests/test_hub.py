@@ -147,9 +147,9 @@ def test_client_is_pointed_at_the_fake_hub(hub):
 
 def test_push_pull_pipeline_same_files_same_image_and_offline(hub, tiny_pipeline_dir, tmp_path, monkeypatch):
     from huggingface_hub import ModelCard
-    from latentdiff.pipelines import TextToImagePipeline
 
     from latentdiff.io import resolve_model_dir
+    from latentdiff.pipelines import TextToImagePipeline
 
     folder = tmp_path / "pipeline"
     shutil.copytree(tiny_pipeline_dir, folder)
@@ -411,6 +411,7 @@ def test_diffusers_loads_pushed_pipeline_and_lora_by_repo_id(hub, tiny_pipeline_
     """The card's plain-diffusers snippets, run: ``StableDiffusionPipeline.from_pretrained(repo_id)``
     and ``pipe.load_lora_weights(repo_id)`` through the Hub client."""
     from diffusers import StableDiffusionPipeline
+
     from latentdiff.pipelines import TextToImagePipeline
 
     folder = tmp_path / "pipeline"

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from latentdiff.config import ConfigError, load_config
+from latentdiff.models import ModelConfig
 from latentdiff.train.common import (
     ImageData,
     cache_key,
@@ -39,10 +43,6 @@ from latentdiff.train.unet import (
 from latentdiff.train.unet import train as train_unet
 from latentdiff.train.vae import VAETrainConfig, heldout_psnr
 from latentdiff.train.vae import train as train_vae
-from safetensors.torch import load_file
-
-from latentdiff.config import ConfigError, load_config
-from latentdiff.models import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VAE = ROOT / "configs" / "tiny_vae.yaml"
@@ -209,6 +209,7 @@ def trained_vae(tmp_path_factory):
 
 def test_vae_reconstructs_heldout_emoji_better_than_init(trained_vae):
     from diffusers import AutoencoderKL
+
     from latentdiff.train.common import load_image_data
 
     out, cfg, summary = trained_vae
@@ -247,6 +248,7 @@ def test_unet_training_lowers_heldout_loss_and_exports_pipeline(trained_vae, tmp
 
     # the exported folder loads in our pipeline (and gives the same held-out loss) and in diffusers
     from diffusers import StableDiffusionPipeline
+
     from latentdiff.pipelines import TextToImagePipeline
 
     pipe = TextToImagePipeline.from_pretrained(out / "final")

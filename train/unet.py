@@ -169,7 +169,6 @@ def load_vae(folder: str):
 def build_components(cfg: UNetTrainConfig) -> Components:
     """U-Net (random init from the model config, or init_from), frozen VAE and text encoder."""
     from latentdiff.pipelines import TextToImagePipeline
-
     from latentdiff.tokenizer import build_clip_tokenizer
 
     if cfg.init_from:
