@@ -1,0 +1,938 @@
+"""``latentdiff eval``: how good is a text-to-image model trained on a captioned, labelled dataset?
+
+Every measurement is a function returning a plain dict (used by tests and by the CLI, which prints
+markdown tables and writes JSON). What is measured:
+
+* **Evaluator** (:class:`EvaluatorNet`): a small residual CNN trained by the project on the real
+  training split to predict the label columns (``group`` and ``subgroup`` for the emoji). Its
+  accuracy on images generated from the test captions, next to its accuracy on the real test
+  images, says whether a generated image shows the right kind of thing (the role the Inception
+  classifier plays in the Inception Score, Salimans et al. 2016). It is cached in a folder.
+* **Fréchet distance** in the evaluator's penultimate feature space (FID, Heusel et al. 2017),
+  generated vs real test images, next to real train vs real test: the natural scale of the number.
+* **Checks that need no model**: a colour word ("red heart") against the dominant named colour of
+  the image's non-background pixels (HSV rules), and skin-tone modifiers against the mean luminance
+  of skin-coloured pixels (light > medium-light > medium > medium-dark > dark).
+* **Sampler report**: latent RMSE of DDIM, DDPM and DPM-Solver++(2M) at 5/10/20/50 steps against a
+  1000-step DDIM (η = 0) solution from the same initial noise (the ODE's answer; Song et al. 2021,
+  Lu et al. 2022), and the evaluator's accuracy at each. DDPM is stochastic: its error against
+  the ODE solution does not vanish with more steps (it samples a different image).
+* **Guidance sweep**: accuracy, Fréchet distance and colour obedience vs the classifier-free
+  guidance scale (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger("latentdiff.eval")
+
+COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white")
+COLOUR_NOUNS = ("heart", "circle", "square", "book")
+SKIN_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")  # lightest first
+SKIN_TONE_RE = re.compile(r"(?<![\w-])(medium-light|medium-dark|light|medium|dark) skin tone")
+EVALUATOR_WEIGHTS = "evaluator.safetensors"
+EVALUATOR_META = "evaluator.json"
+DEFAULT_SECTIONS = ("real", "generated", "colour", "skin", "samplers", "guidance")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class ImageSet:
+    """Images (N, 3, R, R) float32 in [0, 1], their captions, and integer labels per column."""
+
+    images: torch.Tensor
+    captions: list[str]
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    label_names: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def subset(self, index: Sequence[int]) -> "ImageSet":
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return ImageSet(self.images[idx], [self.captions[i] for i in idx.tolist()],
+                        {k: v[idx] for k, v in self.labels.items()}, self.label_names)
+
+
+def load_image_set(source: str, split: str, resolution: int, label_columns: Sequence[str] = (), *,
+                   image_column: str = "image", caption_column: str = "text", progress: bool = False) -> ImageSet:
+    """Read a whole split of any :func:`latentdiff.data.build_dataset` source into memory
+    (centre-cropped to ``resolution``). Label ids agree between splits of the shipped emoji."""
+    from tqdm.auto import tqdm
+
+    from latentdiff.data.datasets import build_dataset
+
+    ds = build_dataset(source, split=split, image_column=image_column, caption_column=caption_column,
+                       label_columns=tuple(label_columns), resolution=resolution, center_crop=True)
+    images = torch.empty(len(ds), 3, resolution, resolution)
+    captions, labels = [], {c: torch.empty(len(ds), dtype=torch.long) for c in label_columns}
+    for i in tqdm(range(len(ds)), desc=f"load {source}:{split}", disable=not progress):
+        item = ds[i]
+        images[i] = item["pixel_values"] * 0.5 + 0.5
+        captions.append(item["caption"])
+        for c in label_columns:
+            labels[c][i] = item[c]
+    return ImageSet(images, captions, labels, {c: list(ds.label_names[c]) for c in label_columns})
+
+
+def random_affine(x: torch.Tensor, shift: float, scale_jitter: float, generator: torch.Generator,
+                  fill: float) -> torch.Tensor:
+    """Random per-image translation (±``shift`` pixels) and zoom (1 ± ``scale_jitter``); the border is
+    filled with ``fill`` (the background). Random numbers come from a CPU generator, so a run draws
+    the same on CPU and GPU."""
+    if shift == 0 and scale_jitter == 0:
+        return x
+    b, _, h, _ = x.shape
+    r = torch.rand(b, 3, generator=generator) * 2 - 1  # (B, 3) in [-1, 1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 + scale_jitter * r[:, 0]
+    theta[:, :, 2] = r[:, 1:] * (2 * shift / h)  # normalised coordinates: 2/h per pixel
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+# --------------------------------------------------------------------------- colour words
+
+# Pixel colour naming in HSV (h in degrees, s and v in [0, 1]). Thresholds chosen so that PIL's named
+# colours and the Noto emoji's flat colours (e.g. its light-grey "white" and dark-grey "black"
+# shapes) get their names; `colour_reference` in the report checks them on the real images.
+BACKGROUND_MIN_V, BACKGROUND_MAX_S = 0.96, 0.06  # near-pure white is background, not "white"
+BACKGROUND_BORDER = 2  # pixels of the image frame that estimate the background colour
+BACKGROUND_TOLERANCE = 0.05  # … and pixels this close to a whitish background colour are background too
+ACHROMATIC_MAX_S = 0.2  # below this saturation a pixel is white / grey / black
+WHITE_MIN_V, BLACK_MAX_V = 0.7, 0.45  # achromatic lightness bands (grey in between is not counted)
+DARK_MAX_V = 0.2  # any hue this dark looks black
+BROWN_MAX_V = 0.78  # red-to-orange hues darker than this are brown (Noto brown: v ≈ 0.71)
+HUE_BANDS = (  # upper bound (exclusive) in degrees -> name; wraps to red
+    (20, "red"), (45, "orange"), (70, "yellow"), (170, "green"), (260, "blue"), (330, "purple"), (360, "red"))
+
+
+def rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(…, 3, H, W) RGB in [0, 1] -> hue in degrees [0, 360), saturation, value (each (…, H, W))."""
+    r, g, b = images.unbind(-3)
+    v, _ = images.max(-3)
+    c = v - images.min(-3).values  # chroma
+    s = torch.where(v > 0, c / v.clamp_min(1e-8), torch.zeros_like(v))
+    cc = c.clamp_min(1e-8)
+    h = torch.where(v == r, ((g - b) / cc) % 6, torch.where(v == g, (b - r) / cc + 2, (r - g) / cc + 4))
+    h = torch.where(c > 0, h * 60, torch.zeros_like(h)) % 360
+    return h, s, v
+
+
+def background_mask(images: torch.Tensor) -> torch.Tensor:
+    """Boolean (…, H, W): near-pure white pixels, and pixels close to the image's background colour
+    (the median of its border) when that is whitish, as a generated off-white background may be.
+    A coloured border (a solid-colour image) is not background."""
+    _, s, v = rgb_to_hsv(images)
+    mask = (v >= BACKGROUND_MIN_V) & (s <= BACKGROUND_MAX_S)
+    b = BACKGROUND_BORDER
+    border = torch.cat([images[..., :b, :].flatten(-2), images[..., -b:, :].flatten(-2),
+                        images[..., :, :b].flatten(-2), images[..., :, -b:].flatten(-2)], -1)  # (…, 3, K)
+    bg = border.median(-1).values[..., None, None]  # (…, 3, 1, 1)
+    _, bs, bv = rgb_to_hsv(bg)
+    whitish = (bv >= 0.85) & (bs <= 0.1)  # (…, 1, 1)
+    near = (images - bg).abs().amax(-3) < BACKGROUND_TOLERANCE
+    return mask | (near & whitish)
+
+
+def pixel_colour_names(images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel colour index into :data:`COLOUR_WORDS`; -1 background, -2 grey (uncounted).
+    ``images`` (…, 3, H, W) in [0, 1] -> long (…, H, W)."""
+    h, s, v = rgb_to_hsv(images)
+    out = torch.full(h.shape, -2, dtype=torch.long)
+    hue = torch.full(h.shape, COLOUR_WORDS.index("red"), dtype=torch.long)
+    lower = 0.0
+    for upper, name in HUE_BANDS:
+        hue[(h >= lower) & (h < upper)] = COLOUR_WORDS.index(name)
+        lower = upper
+    chromatic = s >= ACHROMATIC_MAX_S
+    out = torch.where(chromatic, hue, out)
+    reddish = chromatic & ((h < 45) | (h >= 345)) & (v < BROWN_MAX_V)
+    out[reddish] = COLOUR_WORDS.index("brown")
+    out[~chromatic & (v >= WHITE_MIN_V)] = COLOUR_WORDS.index("white")
+    out[(~chromatic & (v < BLACK_MAX_V)) | (v < DARK_MAX_V)] = COLOUR_WORDS.index("black")
+    out[background_mask(images)] = -1
+    return out
+
+
+def dominant_colour(image: torch.Tensor) -> str:
+    """The most frequent colour name among the non-background pixels of one (3, H, W) image in
+    [0, 1]. An image with (almost) nothing but background is "white" (a white shape on white)."""
+    names = pixel_colour_names(image).flatten()
+    counts = torch.bincount(names[names >= 0], minlength=len(COLOUR_WORDS))
+    if counts.sum() < 0.01 * names.numel():
+        return "white"
+    return COLOUR_WORDS[int(counts.argmax())]
+
+
+def colour_word(caption: str) -> str | None:
+    """The colour a caption asks for when it starts with a colour word ("red heart" -> "red")."""
+    first = caption.split(" ", 1)[0]
+    return first if first in COLOUR_WORDS and " " in caption else None
+
+
+def default_colour_prompts(nouns: Sequence[str] = COLOUR_NOUNS) -> list[str]:
+    """Every colour word × noun: "red heart", "orange heart", …, "white book"."""
+    return [f"{c} {n}" for n in nouns for c in COLOUR_WORDS]
+
+
+def colour_check(images: torch.Tensor, prompts: Sequence[str]) -> dict:
+    """How many images show the colour their prompt names. Returns {"n", "obeyed", "rate",
+    "per_colour": {colour: rate}, "confusions": [(prompt, seen colour)]}; prompts without a colour
+    word are skipped."""
+    rows = [(i, p, colour_word(p)) for i, p in enumerate(prompts) if colour_word(p)]
+    obeyed, per_colour, confusions = 0, {}, []
+    for i, prompt, want in rows:
+        got = dominant_colour(images[i])
+        ok = got == want
+        obeyed += ok
+        per_colour.setdefault(want, []).append(ok)
+        if not ok:
+            confusions.append((prompt, got))
+    return {"n": len(rows), "obeyed": obeyed, "rate": obeyed / len(rows) if rows else None,
+            "per_colour": {c: sum(v) / len(v) for c, v in per_colour.items()}, "confusions": confusions}
+
+
+# --------------------------------------------------------------------------- skin tones
+
+# Measured on the Noto emoji: skin is (248,220,188) light, (224,187,149) medium-light, (185,140,103)
+# medium, (165,108,67) medium-dark, (112,83,74) dark — hue 14–32°, saturation 0.24–0.59, value ≥ 0.44;
+# the hair drawn with them is near-black, golden (hue 43°, s 0.73) or dark brown (value 0.23–0.33).
+# With these bounds the real five-tone sets are ordered in 100% of pairs (the report's reference).
+SKIN_HUE_MAX = 40.0  # skin hue in [0, 40) degrees (or >= 345): excludes golden hair and yellow emoji skin
+SKIN_MIN_S, SKIN_MAX_S = 0.12, 0.75  # excludes white/grey and saturated yellows/oranges
+SKIN_MIN_V = 0.38  # excludes outlines and dark-brown hair
+
+
+def skin_mask(images: torch.Tensor) -> torch.Tensor:
+    """Boolean (…, H, W): pixels whose colour can be skin (any of the five Fitzpatrick-based tones)."""
+    h, s, v = rgb_to_hsv(images)
+    return (((h < SKIN_HUE_MAX) | (h >= 345)) & (s >= SKIN_MIN_S) & (s <= SKIN_MAX_S) & (v >= SKIN_MIN_V)
+            & ~background_mask(images))
+
+
+def skin_luminance(image: torch.Tensor) -> float:
+    """Mean Rec. 601 luma (0.299 R + 0.587 G + 0.114 B) of the skin-coloured pixels of one
+    (3, H, W) image in [0, 1]; NaN when none are found."""
+    mask = skin_mask(image)
+    if int(mask.sum()) == 0:
+        return float("nan")
+    luma = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    return float(luma[mask].mean())
+
+
+def skin_tone_of(caption: str) -> str | None:
+    """The one skin tone a caption names ("thumbs up: dark skin tone" -> "dark"); None for zero or two."""
+    tones = set(SKIN_TONE_RE.findall(caption))
+    return tones.pop() if len(tones) == 1 else None
+
+
+def skin_tone_sets(captions: Sequence[str], among: Sequence[str] | None = None) -> list[list[str]]:
+    """Groups of five captions that differ only in the skin tone, lightest first, for every base
+    that has all five in ``captions``; with ``among``, only bases that occur in ``among`` (e.g. the
+    test captions)."""
+    by_base: dict[str, dict[str, str]] = {}
+    for c in captions:
+        tone = skin_tone_of(c)
+        if tone:
+            by_base.setdefault(SKIN_TONE_RE.sub("{tone} skin tone", c), {})[tone] = c
+    wanted = None
+    if among is not None:
+        wanted = {SKIN_TONE_RE.sub("{tone} skin tone", c) for c in among if skin_tone_of(c)}
+    return [[v[t] for t in SKIN_TONES] for base, v in sorted(by_base.items())
+            if len(v) == len(SKIN_TONES) and (wanted is None or base in wanted)]
+
+
+def skin_tone_check(images: torch.Tensor) -> dict:
+    """``images`` (S, 5, 3, H, W): S sets of the five tones, lightest first. A set obeys a pair (i < j)
+    when tone i's skin is lighter than tone j's; returns {"sets", "pairs_obeyed" (fraction of the 10
+    pairs per set), "fully_ordered" (fraction of sets in exact order), "missing_skin" (images with no
+    skin pixels, counted as disobeying), "mean_luminance": per tone}."""
+    s = images.shape[0]
+    lum = torch.tensor([[skin_luminance(images[k, i]) for i in range(len(SKIN_TONES))] for k in range(s)])
+    pairs = [(i, j) for i in range(len(SKIN_TONES)) for j in range(i + 1, len(SKIN_TONES))]
+    ok = torch.stack([lum[:, i] > lum[:, j] for i, j in pairs], 1)  # NaN compares False
+    return {"sets": s, "pairs_obeyed": float(ok.float().mean()) if s else None,
+            "fully_ordered": float(ok.all(1).float().mean()) if s else None,
+            "missing_skin": int(torch.isnan(lum).sum()),
+            "mean_luminance": {t: float(torch.nanmean(lum[:, i])) if s else None for i, t in enumerate(SKIN_TONES)}}
+
+
+# --------------------------------------------------------------------------- evaluator network
+
+
+class _ResBlock(nn.Module):
+    """conv3×3 → GN → SiLU → conv3×3 → GN, plus the input (He et al. 2016)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(ch, ch, 3, padding=1), nn.Conv2d(ch, ch, 3, padding=1)
+        self.norm1, self.norm2 = nn.GroupNorm(8, ch), nn.GroupNorm(8, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(self.conv1(x)))
+        return F.silu(x + self.norm2(self.conv2(h)))
+
+
+class EvaluatorNet(nn.Module):
+    """A small ResNet-style classifier with one linear head per label column.
+
+    Input: images (B, 3, H, W) in [0, 1], any size (resized to ``resolution`` with area averaging).
+    Stages of ``width × (1, 2, 4)`` channels at R, R/2, R/4, global average pooling → the
+    ``features`` (B, 4·width) used for the Fréchet distance → dropout → heads.
+    """
+
+    def __init__(self, num_classes: dict[str, int], width: int = 32, resolution: int = 32):
+        super().__init__()
+        self.resolution, self.width = resolution, width
+        self.num_classes = dict(num_classes)
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU())
+        self.stages = nn.Sequential(
+            _ResBlock(w),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), _ResBlock(2 * w),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), _ResBlock(4 * w),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.heads = nn.ModuleDict({col: nn.Linear(4 * w, n) for col, n in num_classes.items()})
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(next(self.parameters()).device, torch.float32)
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            down = x.shape[-1] > self.resolution
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="area" if down else "bilinear",
+                              align_corners=None if down else False)
+        return x * 2 - 1
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(self.prepare(images))).mean((2, 3))  # (B, 4w)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.dropout(self.features(images))
+        return {col: head(f) for col, head in self.heads.items()}
+
+
+def _blur(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """Blur a random fraction ``p`` of the batch with a 3×3 binomial kernel: generated images are
+    softer than the crisp emoji, and the evaluator should judge content, not sharpness."""
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device)
+    k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
+    pick = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)[:, None, None, None]
+    return torch.where(pick, blurred, x)
+
+
+def train_evaluator(train_set: ImageSet, *, epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
+                    width: int = 32, resolution: int = 32, seed: int = 0, device: str = "cpu",
+                    progress: bool = True) -> EvaluatorNet:
+    """Train an :class:`EvaluatorNet` on all label columns of ``train_set`` (summed cross-entropies,
+    label smoothing 0.1, AdamW with cosine decay, random shift/zoom and blur augmentation)."""
+    from tqdm.auto import tqdm
+
+    if not train_set.labels:
+        raise ValueError("the evaluator needs label columns (e.g. --label-columns group,subgroup)")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net = EvaluatorNet({c: len(n) for c, n in train_set.label_names.items()}, width, resolution).to(device)
+    # Resize once up front: the training loop then runs at the evaluator's own resolution.
+    with torch.no_grad():
+        images = (net.prepare(train_set.images) + 1) / 2
+    labels = {c: v.to(device) for c, v in train_set.labels.items()}
+    n = len(train_set)
+    steps_per_epoch = math.ceil(n / batch_size)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    net.train()
+    bar = tqdm(total=epochs * steps_per_epoch, desc="evaluator", disable=not progress)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for k in range(steps_per_epoch):
+            idx = perm[k * batch_size:(k + 1) * batch_size].to(device)
+            x = random_affine(images[idx], shift=resolution / 16, scale_jitter=0.1, generator=g, fill=1.0)
+            x = _blur(x, g, 0.5)
+            out = net(x)
+            loss = sum(F.cross_entropy(out[c], labels[c][idx], label_smoothing=0.1) for c in out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    bar.close()
+    return net.eval()
+
+
+def save_evaluator(net: EvaluatorNet, folder: str | Path, meta: dict) -> None:
+    """``evaluator.safetensors`` + ``evaluator.json`` (architecture, label names, provenance), atomically."""
+    from safetensors.torch import save_file
+
+    from latentdiff.io import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                  str(tmp / EVALUATOR_WEIGHTS))
+        info = {"num_classes": net.num_classes, "width": net.width, "resolution": net.resolution, **meta}
+        (tmp / EVALUATOR_META).write_text(json.dumps(info, indent=2))
+
+
+def load_evaluator(folder: str | Path, device: str = "cpu") -> tuple[EvaluatorNet, dict]:
+    """(net, meta) from a folder written by :func:`save_evaluator`."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / EVALUATOR_META).is_file() or not (folder / EVALUATOR_WEIGHTS).is_file():
+        raise FileNotFoundError(f"no evaluator in {folder} ({EVALUATOR_META} + {EVALUATOR_WEIGHTS}); "
+                                "train one with `latentdiff eval --train-evaluator --evaluator DIR`")
+    meta = json.loads((folder / EVALUATOR_META).read_text())
+    net = EvaluatorNet(meta["num_classes"], meta["width"], meta["resolution"])
+    net.load_state_dict(load_file(str(folder / EVALUATOR_WEIGHTS)))
+    return net.to(device).eval(), meta
+
+
+@torch.no_grad()
+def evaluator_outputs(net: EvaluatorNet, images: torch.Tensor, batch_size: int = 256) -> tuple[dict, torch.Tensor]:
+    """({column: predicted ids (N,)}, features (N, F) float64 on the CPU)."""
+    preds: dict[str, list] = {c: [] for c in net.heads}
+    feats = []
+    for i in range(0, len(images), batch_size):
+        f = net.features(images[i:i + batch_size])
+        feats.append(f.double().cpu())
+        for c, head in net.heads.items():
+            preds[c].append(head(f).argmax(-1).cpu())
+    return {c: torch.cat(v) for c, v in preds.items()}, torch.cat(feats)
+
+
+def accuracy(preds: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction correct per label column present in both; rows labelled -1 (a class the evaluator
+    never saw) are left out."""
+    out = {}
+    for c in preds:
+        if c in labels:
+            known = labels[c].cpu() >= 0
+            out[c] = float((preds[c][known] == labels[c].cpu()[known]).float().mean()) if known.any() else None
+    return out
+
+
+def align_labels(image_set: ImageSet, label_names: dict[str, list[str]]) -> ImageSet:
+    """Re-number ``image_set``'s labels by name to ``label_names`` (the evaluator's); names it does not
+    know become -1. Splits of one folder dataset may number their labels differently."""
+    labels = {}
+    for col, ids in image_set.labels.items():
+        index = {name: i for i, name in enumerate(label_names[col])}
+        table = torch.tensor([index.get(name, -1) for name in image_set.label_names[col]], dtype=torch.long)
+        labels[col] = table[ids] if len(table) else ids
+    return ImageSet(image_set.images, image_set.captions, labels, label_names)
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+
+def frechet_distance(features1, features2) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples), Heusel et al.
+    (2017): d² = ‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½).
+
+    The matrix square root's trace is computed from symmetric eigendecompositions (no scipy):
+    Σ1 Σ2 is similar to A = Σ1^½ Σ2 Σ1^½, which is symmetric PSD, so tr((Σ1 Σ2)^½) = Σ √eig(A).
+    """
+    f1, f2 = (np.asarray(f, dtype=np.float64) for f in (features1, features2))
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with the same D, got {f1.shape} and {f2.shape}")
+    if len(f1) < 2 or len(f2) < 2:
+        raise ValueError("each feature set needs at least 2 samples for a covariance")
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    sqrt_s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = np.linalg.eigvalsh(sqrt_s1 @ s2 @ sqrt_s1)
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
+             guidance_scale: float | None = None, batch_size: int = 32, progress: bool = True,
+             desc: str = "generate") -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, H, W) in [0, 1] on the CPU, final latents (N, C, h, w)). Prompt i always gets
+    seed ``seed + i`` (the same initial noise whatever the batching, sampler or guidance)."""
+    from tqdm.auto import tqdm
+
+    images, latents = [], []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
+        batch = list(prompts[i:i + batch_size])
+        out = pipe(batch, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                   seed=[seed + i + k for k in range(len(batch))], output_type="latent")
+        latents.append(out.latents.float().cpu())
+        images.append(pipe.decode_latents(out.latents).float().cpu())
+    return torch.cat(images), torch.cat(latents)
+
+
+# --------------------------------------------------------------------------- the reports
+
+
+def real_report(net: EvaluatorNet, train_set: ImageSet, test_set: ImageSet, seed: int = 0) -> dict:
+    """The evaluator on real images: accuracy on the test split, and the Fréchet distance between
+    real train and real test features (all of them, and a train subset the size of the test set,
+    since the distance is biased upwards for small samples: compare like with like)."""
+    test_pred, test_feat = evaluator_outputs(net, test_set.images)
+    _, train_feat = evaluator_outputs(net, train_set.images)
+    g = torch.Generator().manual_seed(seed)
+    sub = torch.randperm(len(train_set), generator=g)[:len(test_set)]
+    return {"n_train": len(train_set), "n_test": len(test_set),
+            "test_accuracy": accuracy(test_pred, test_set.labels),
+            "fd_train_test": frechet_distance(train_feat, test_feat),
+            "fd_train_test_matched": frechet_distance(train_feat[sub], test_feat)}
+
+
+def reference_fd(net: EvaluatorNet, train_set: ImageSet, test_subset: ImageSet, seed: int = 0) -> float:
+    """Real train (a random subset of the same size) vs ``test_subset``: the distance that a perfect
+    generator would get at this sample size."""
+    g = torch.Generator().manual_seed(seed)
+    sub = torch.randperm(len(train_set), generator=g)[:len(test_subset)]
+    _, f_train = evaluator_outputs(net, train_set.images[sub])
+    _, f_test = evaluator_outputs(net, test_subset.images)
+    return frechet_distance(f_train, f_test)
+
+
+def generated_report(net: EvaluatorNet, images: torch.Tensor, real: ImageSet) -> dict:
+    """Evaluator accuracy on images generated from ``real.captions`` (label = the real row's label),
+    and their Fréchet distance to the real images of the same rows."""
+    pred, feat = evaluator_outputs(net, images)
+    real_pred, real_feat = evaluator_outputs(net, real.images)
+    return {"n": len(images), "accuracy": accuracy(pred, real.labels),
+            "real_accuracy_same_rows": accuracy(real_pred, real.labels),
+            "fd_generated_real": frechet_distance(feat, real_feat)}
+
+
+def colour_report(pipe, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 32, reference: ImageSet | None = None,
+                  progress: bool = True, **gen) -> dict:
+    """Generate each colour prompt once and check its dominant colour; with ``reference``, also run
+    the check on the real images captioned "<colour> <noun>" for a noun of :data:`COLOUR_NOUNS`
+    (flat coloured shapes: validates the checker)."""
+    images, _ = generate(pipe, prompts, seed=seed, batch_size=batch_size, progress=progress, desc="colour", **gen)
+    out = colour_check(images, prompts)
+    out["images"] = images
+    if reference is not None:
+        wanted = set(default_colour_prompts())
+        rows = [i for i, c in enumerate(reference.captions) if c in wanted]
+        out["reference"] = colour_check(reference.images[rows], [reference.captions[i] for i in rows])
+    return out
+
+
+def skin_report(pipe, sets: list[list[str]], *, seed: int = 0, batch_size: int = 32, reference: ImageSet | None = None,
+                progress: bool = True, **gen) -> dict:
+    """Generate every set of five tone prompts with one shared initial noise per set (the tone word
+    is the only difference) and check the luminance ordering; ``reference`` runs the same check on
+    all complete five-tone sets of real images (validates the checker)."""
+    prompts = [p for s in sets for p in s]
+    seeds_per_prompt = [seed + k for k, s in enumerate(sets) for _ in s]
+    images = []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(prompts), batch_size), desc="skin tones", disable=not progress):
+        batch = prompts[i:i + batch_size]
+        out = pipe(batch, seed=seeds_per_prompt[i:i + len(batch)], output_type="latent",
+                   num_inference_steps=gen.get("steps"), sampler=gen.get("sampler"),
+                   guidance_scale=gen.get("guidance_scale"))
+        images.append(pipe.decode_latents(out.latents).float().cpu())
+    images = torch.cat(images) if images else torch.empty(0, 3, 1, 1)
+    result = skin_tone_check(images.reshape(len(sets), len(SKIN_TONES), *images.shape[1:])) if sets else \
+        {"sets": 0, "pairs_obeyed": None, "fully_ordered": None}
+    result["images"] = images
+    if reference is not None:  # every complete five-tone set of the real images
+        index = {c: i for i, c in enumerate(reference.captions)}
+        ref_sets = [[index[p] for p in s] for s in skin_tone_sets(reference.captions)]
+        if ref_sets:
+            ref = reference.images[torch.tensor(ref_sets)]
+            result["reference"] = skin_tone_check(ref)
+    return result
+
+
+def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor], net: EvaluatorNet | None, *,
+                   samplers: Sequence[str] = ("ddim", "ddpm", "dpmpp_2m"), steps: Sequence[int] = (5, 10, 20, 50),
+                   reference_steps: int = 1000, guidance_scale: float | None = None, seed: int = 0,
+                   batch_size: int = 32, progress: bool = True) -> dict:
+    """Latent RMSE of each sampler at each step count against a ``reference_steps`` DDIM (η = 0)
+    solution from the same initial noise, and evaluator accuracy of the decoded images.
+    RMSE = √mean((z − z_ref)²) per image, averaged over images. DDPM adds fresh noise at every step,
+    so it converges to *a* sample of the model, not to the ODE's: its error stays large."""
+    _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
+                        guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,
+                        desc=f"ddim {reference_steps} (reference)")
+    rows = []
+    for name in samplers:
+        for n in steps:
+            t0 = time.perf_counter()
+            images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name, guidance_scale=guidance_scale,
+                                 batch_size=batch_size, progress=progress, desc=f"{name} {n}")
+            row = {"sampler": name, "steps": n, "stochastic": name == "ddpm",
+                   "latent_rmse": float((z - z_ref).pow(2).flatten(1).mean(1).sqrt().mean()),
+                   "seconds_per_image": (time.perf_counter() - t0) / len(prompts)}
+            if net is not None:
+                row["accuracy"] = accuracy(evaluator_outputs(net, images)[0], labels)
+            rows.append(row)
+    return {"n": len(prompts), "reference": f"ddim, {reference_steps} steps, eta=0", "rows": rows}
+
+
+def guidance_report(pipe, real: ImageSet, net: EvaluatorNet | None, scales: Sequence[float], *,
+                    colour_prompts: Sequence[str] = (), seed: int = 0, batch_size: int = 32, progress: bool = True,
+                    **gen) -> dict:
+    """Accuracy, Fréchet distance (to the real images of the same rows) and colour obedience per
+    classifier-free guidance scale."""
+    rows = []
+    for w in scales:
+        row = {"guidance_scale": w}
+        if len(real):
+            images, _ = generate(pipe, real.captions, seed=seed, guidance_scale=w, batch_size=batch_size,
+                                 progress=progress, desc=f"guidance {w}", **gen)
+            if net is not None:
+                r = generated_report(net, images, real)
+                row.update(accuracy=r["accuracy"], fd=r["fd_generated_real"] if len(images) > 1 else None)
+        if colour_prompts:
+            images, _ = generate(pipe, colour_prompts, seed=seed, guidance_scale=w, batch_size=batch_size,
+                                 progress=progress, desc=f"colour, guidance {w}", **gen)
+            row["colour_rate"] = colour_check(images, colour_prompts)["rate"]
+        rows.append(row)
+    return {"n": len(real), "n_colour": len(colour_prompts), "rows": rows}
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def save_labelled_grid(images: torch.Tensor, captions: Sequence[str], path: str | Path, cols: int = 8,
+                       scale: int = 2) -> None:
+    """A PNG grid of images (upscaled ``scale``× without smoothing) with each caption underneath."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from latentdiff.images import save_png_atomic
+
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    h, w = arr.shape[1] * scale, arr.shape[2] * scale
+    text_h, pad = 24, 4
+    cell_w = max(w, 96)
+    rows = math.ceil(len(arr) / cols)
+    grid = Image.new("RGB", (cols * (cell_w + pad) + pad, rows * (h + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for k, (a, caption) in enumerate(zip(arr, captions)):
+        x0 = pad + (k % cols) * (cell_w + pad)
+        y0 = pad + (k // cols) * (h + text_h + pad)
+        grid.paste(Image.fromarray(a).resize((w, h), Image.Resampling.NEAREST), (x0 + (cell_w - w) // 2, y0))
+        lines, line = [], ""
+        for word in caption.split():
+            if line and draw.textlength(f"{line} {word}", font=font) > cell_w:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
+        for j, text in enumerate(lines[:2]):
+            draw.text((x0 + (cell_w - draw.textlength(text, font=font)) / 2, y0 + h + 1 + 11 * j), text,
+                      fill="black", font=font)
+    save_png_atomic(grid, path)
+
+
+DEFAULT_GRID_PROMPTS = ("red heart", "blue heart", "green circle", "yellow square", "red apple", "grinning face",
+                        "cat face", "thumbs up: dark skin tone", "thumbs up: light skin tone", "flag: France",
+                        "pizza", "rocket", "sun", "snowflake", "purple circle", "orange book")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_report(results: dict) -> str:
+    """The results dict as markdown tables (what the CLI prints)."""
+    out = []
+    cols = results.get("label_columns", [])
+    if "real" in results:
+        r = results["real"]
+        out += ["### Evaluator on real images", "",
+                "| set | n | " + " | ".join(f"{c} accuracy" for c in cols) + " | Fréchet distance to real test |",
+                "|---|---|" + "---|" * len(cols) + "---|",
+                f"| real test | {r['n_test']} | " + " | ".join(_pct(r["test_accuracy"].get(c)) for c in cols)
+                + " | – |",
+                f"| real train (all) | {r['n_train']} | " + " | ".join("–" for _ in cols)
+                + f" | {_num(r['fd_train_test'])} |",
+                f"| real train (subset of {r['n_test']}) | {r['n_test']} | " + " | ".join("–" for _ in cols)
+                + f" | {_num(r['fd_train_test_matched'])} |", ""]
+    if "generated" in results:
+        g = results["generated"]
+        out += ["### Images generated from the test captions", "",
+                "| set | n | " + " | ".join(f"{c} accuracy" for c in cols) + " | Fréchet distance |",
+                "|---|---|" + "---|" * len(cols) + "---|",
+                f"| generated | {g['n']} | " + " | ".join(_pct(g["accuracy"].get(c)) for c in cols)
+                + f" | {_num(g['fd_generated_real'])} |",
+                f"| real, same rows | {g['n']} | " + " | ".join(_pct(g["real_accuracy_same_rows"].get(c)) for c in cols)
+                + f" | {_num(g.get('fd_reference'))} (real train subset vs these) |", ""]
+        if cols and g["real_accuracy_same_rows"].get(cols[0]):
+            ratio = g["accuracy"][cols[0]] / g["real_accuracy_same_rows"][cols[0]]
+            out += [f"{cols[0]} accuracy ratio generated/real: {ratio:.2f}; Fréchet ratio generated/reference: "
+                    f"{g['fd_generated_real'] / g['fd_reference']:.2f}" if g.get("fd_reference") else "", ""]
+    if "colour" in results:
+        c = results["colour"]
+        ref = c.get("reference")
+        out += ["### Colour words (dominant colour of the non-background pixels)", "",
+                "| images | prompts | obeyed |", "|---|---|---|",
+                f"| generated | {c['n']} | {_pct(c['rate'])} |"]
+        if ref:
+            out.append(f"| real images with a colour-word caption (checker sanity) | {ref['n']} | {_pct(ref['rate'])} |")
+        out += ["", "per colour (generated): " + ", ".join(f"{k} {_pct(v)}" for k, v in c["per_colour"].items()), ""]
+    if "skin" in results:
+        s = results["skin"]
+        out += ["### Skin-tone modifiers (skin luminance light > medium-light > medium > medium-dark > dark)", "",
+                "| images | sets of 5 | pairs in order | sets fully ordered |", "|---|---|---|---|",
+                f"| generated (one noise per set) | {s['sets']} | {_pct(s['pairs_obeyed'])} | {_pct(s['fully_ordered'])} |"]
+        if s.get("reference"):
+            r = s["reference"]
+            out.append(f"| real (checker sanity) | {r['sets']} | {_pct(r['pairs_obeyed'])} | {_pct(r['fully_ordered'])} |")
+        out.append("")
+    if "samplers" in results:
+        s = results["samplers"]
+        out += [f"### Samplers: latent RMSE vs {s['reference']} from the same noise ({s['n']} prompts)", "",
+                "| sampler | steps | latent RMSE | " + " | ".join(f"{c} accuracy" for c in cols) + " | s/image |",
+                "|---|---|---|" + "---|" * len(cols) + "---|"]
+        for r in s["rows"]:
+            name = r["sampler"] + (" (stochastic)" if r["stochastic"] else "")
+            out.append(f"| {name} | {r['steps']} | {_num(r['latent_rmse'])} | "
+                       + " | ".join(_pct(r.get("accuracy", {}).get(c)) for c in cols)
+                       + f" | {_num(r['seconds_per_image'])} |")
+        out.append("")
+    if "guidance" in results:
+        g = results["guidance"]
+        out += [f"### Classifier-free guidance sweep ({g['n']} test captions, {g['n_colour']} colour prompts)", "",
+                "| guidance | " + " | ".join(f"{c} accuracy" for c in cols) + " | Fréchet distance | colour obeyed |",
+                "|---|" + "---|" * len(cols) + "---|---|"]
+        for r in g["rows"]:
+            out.append(f"| {r['guidance_scale']:g} | " + " | ".join(_pct(r.get("accuracy", {}).get(c)) for c in cols)
+                       + f" | {_num(r.get('fd'))} | {_pct(r.get('colour_rate'))} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items() if not torch.is_tensor(v)}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="latentdiff eval",
+        description="Evaluate a text-to-image model on a captioned dataset with labels: a classifier of the "
+        "labels trained on the real training split (accuracy on real and generated test images, Fréchet "
+        "distance in its feature space), colour-word and skin-tone checks, a sampler-convergence report and "
+        "a classifier-free guidance sweep. Prints markdown tables; --out writes JSON.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  latentdiff eval --model emoji --out results.json --grid grid.png          # everything
+  latentdiff eval --model emoji --limit 64 --sampler-limit 4 --skin-limit 4 --colour-limit 18 --guidance-limit 16
+  latentdiff eval --train-evaluator --sections real                         # (re)train the evaluator only
+  latentdiff eval --model runs/emoji/final --sections samplers --samplers ddim,dpmpp_2m --sampler-steps 10,20
+  latentdiff eval --model runs/emoji/final --sections guidance --guidance-scales 1,3,5,7.5
+""",
+    )
+    p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
+    p.add_argument("--dataset", default="emoji", help="dataset source for build_dataset (default: emoji)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--label-columns", default="group,subgroup", help="label columns (default: group,subgroup)")
+    p.add_argument("--resolution", type=int, default=64, help="resolution real images are read at (default: 64)")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated subset of {','.join(DEFAULT_SECTIONS)} (default: all)")
+    p.add_argument("--evaluator", default=None,
+                   help="evaluator folder (default: runs/evaluator-DATASET); trained there if missing")
+    p.add_argument("--train-evaluator", action="store_true", help="(re)train the evaluator even if it exists")
+    p.add_argument("--evaluator-epochs", type=int, default=30,
+                   help="evaluator training epochs (default: 30; ~17 s on an H100, tens of minutes on 2 CPU cores)")
+    p.add_argument("--evaluator-resolution", type=int, default=32,
+                   help="the evaluator's input size (default: 32; 64 measured no better)")
+    p.add_argument("--evaluator-width", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="use the first N test captions/images (default: all)")
+    p.add_argument("--colour-limit", type=int, default=None, help="use the first N colour prompts")
+    p.add_argument("--skin-limit", type=int, default=None, help="use the first N five-tone sets")
+    p.add_argument("--sampler-limit", type=int, default=8, help="prompts in the sampler report (default: 8)")
+    p.add_argument("--guidance-limit", type=int, default=None,
+                   help="test captions per scale in the guidance sweep (default: --limit)")
+    p.add_argument("--samplers", default="ddim,ddpm,dpmpp_2m")
+    p.add_argument("--sampler-steps", default="5,10,20,50")
+    p.add_argument("--reference-steps", type=int, default=1000)
+    p.add_argument("--guidance-scales", default="1,2,3,5,7.5")
+    p.add_argument("--sampler", default=None, help="sampler for the other sections (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="steps for the other sections (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i (default: 0)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--grid", default=None, help="write a labelled PNG grid of --grid-prompts here")
+    p.add_argument("--grid-prompts", default=None, help="'|'-separated prompts for --grid (default: a mix)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def get_evaluator(folder: Path, train_set: ImageSet, *, retrain: bool, epochs: int, width: int, resolution: int,
+                  seed: int, device: str, progress: bool, dataset: str) -> tuple[EvaluatorNet, dict]:
+    """Load the cached evaluator, or train and cache it (if missing, or ``retrain``). A cached one
+    trained on other label names is refused."""
+    if not retrain and (folder / EVALUATOR_META).is_file():
+        net, meta = load_evaluator(folder, device)
+        if meta.get("label_names") != train_set.label_names:
+            raise ValueError(f"the evaluator in {folder} was trained on other labels ({list(meta.get('label_names', {}))}, "
+                             f"dataset {meta.get('dataset')!r}); pass --train-evaluator or another --evaluator folder")
+        logger.info("evaluator loaded from %s", folder)
+        return net, meta
+    logger.info("training the evaluator on %d images (%s) into %s", len(train_set), dataset, folder)
+    t0 = time.perf_counter()
+    net = train_evaluator(train_set, epochs=epochs, width=width, resolution=resolution, seed=seed, device=device,
+                          progress=progress)
+    meta = {"dataset": dataset, "label_names": train_set.label_names, "epochs": epochs, "seed": seed,
+            "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_set)}
+    save_evaluator(net, folder, meta)
+    return net, meta
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the sections named in ``args.sections`` (see :func:`build_parser`); returns the results dict
+    (tensors included under "images" keys; :func:`_jsonable` drops them)."""
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(DEFAULT_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(DEFAULT_SECTIONS)}")
+    cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
+    progress = not args.no_progress
+    results: dict = {"dataset": args.dataset, "label_columns": cols, "sections": sections}
+    train_set = load_image_set(args.dataset, args.train_split, args.resolution, cols, progress=progress)
+    test_full = align_labels(load_image_set(args.dataset, args.test_split, args.resolution, cols, progress=progress),
+                             train_set.label_names)
+    test_set = test_full.subset(range(min(len(test_full), args.limit or len(test_full))))
+
+    needs_net = bool({"real", "generated", "samplers", "guidance"} & set(sections)) and cols
+    net = None
+    if needs_net:
+        folder = Path(args.evaluator or f"runs/evaluator-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}")
+        net, meta = get_evaluator(folder, train_set, retrain=args.train_evaluator, epochs=args.evaluator_epochs,
+                                  width=args.evaluator_width, resolution=args.evaluator_resolution, seed=args.seed,
+                                  device=args.device, progress=progress, dataset=args.dataset)
+        results["evaluator"] = {"folder": str(folder), **{k: v for k, v in meta.items() if k != "label_names"}}
+    if "real" in sections and net is not None:
+        results["real"] = real_report(net, train_set, test_full, seed=args.seed)
+
+    model_sections = [s for s in sections if s != "real"]
+    if not model_sections and not args.grid:
+        return results
+    from latentdiff.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_pretrained(args.model, device=args.device)
+    results["model"] = args.model
+    gen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance}
+    results["sampling"] = {"sampler": args.sampler or pipe.defaults.sampler,
+                           "steps": args.steps or pipe.defaults.num_inference_steps,
+                           "guidance_scale": args.guidance if args.guidance is not None else pipe.defaults.guidance_scale}
+    common = {"seed": args.seed, "batch_size": args.batch_size, "progress": progress}
+    colour_prompts = default_colour_prompts()[:args.colour_limit]
+
+    if "generated" in sections and net is not None:
+        images, _ = generate(pipe, test_set.captions, desc="test captions", **common, **gen)
+        results["generated"] = generated_report(net, images, test_set)
+        results["generated"]["fd_reference"] = reference_fd(net, train_set, test_set, seed=args.seed)
+    both = ImageSet(torch.cat([train_set.images, test_full.images]), train_set.captions + test_full.captions)
+    if "colour" in sections:
+        results["colour"] = colour_report(pipe, colour_prompts, reference=both, **common, **gen)
+    if "skin" in sections:
+        # every base with all five tones, of which the test split holds at least one (so some of the
+        # five prompts were never trained on)
+        sets = skin_tone_sets(both.captions, among=test_full.captions)[:args.skin_limit]
+        results["skin"] = skin_report(pipe, sets, reference=both, **common, **gen)
+        results["skin"]["prompts"] = sets
+    if "samplers" in sections:
+        sub = test_set.subset(range(min(len(test_set), args.sampler_limit)))
+        results["samplers"] = sampler_report(
+            pipe, sub.captions, sub.labels, net, samplers=args.samplers.split(","), steps=_ints(args.sampler_steps),
+            reference_steps=args.reference_steps, guidance_scale=args.guidance, **common)
+    if "guidance" in sections:
+        sweep_set = test_set.subset(range(min(len(test_set), args.guidance_limit or len(test_set))))
+        results["guidance"] = guidance_report(pipe, sweep_set, net, _floats(args.guidance_scales),
+                                              colour_prompts=colour_prompts, steps=args.steps, sampler=args.sampler,
+                                              **common)
+    if args.grid:
+        prompts = args.grid_prompts.split("|") if args.grid_prompts else list(DEFAULT_GRID_PROMPTS)
+        images, _ = generate(pipe, prompts, desc="grid", **common, **gen)
+        save_labelled_grid(images, prompts, args.grid)
+        results["grid"] = {"path": str(args.grid), "prompts": prompts}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t0 = time.perf_counter()
+    results = evaluate(args)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    print(markdown_report(results))
+    if args.out:
+        from latentdiff.config import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(_jsonable(results), indent=2))
+        print(f"results written to {args.out}")
+    return 0
+
+
+__all__ = [
+    "ImageSet", "load_image_set", "random_affine", "COLOUR_WORDS", "SKIN_TONES", "rgb_to_hsv",
+    "background_mask", "pixel_colour_names", "dominant_colour", "colour_check", "default_colour_prompts", "skin_mask",
+    "skin_luminance", "skin_tone_sets", "skin_tone_check", "EvaluatorNet", "train_evaluator", "save_evaluator",
+    "load_evaluator", "evaluator_outputs", "accuracy", "align_labels", "frechet_distance", "generate", "real_report",
+    "generated_report", "colour_report", "skin_report", "sampler_report", "guidance_report",
+    "save_labelled_grid", "markdown_report", "build_parser", "evaluate", "main",
+]
