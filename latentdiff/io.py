@@ -78,6 +78,12 @@ def check_safetensors_file(path: Path) -> None:
                          "interrupted or the file is corrupt: re-download or re-save it") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename,
@@ -85,6 +91,7 @@ def atomic_dir(target: str | os.PathLike):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved model should be readable like any folder
     try:
         yield tmp
         if target.exists():
