@@ -50,9 +50,8 @@ def guiding_classifier(args, device: str):
         return load_classifier(args.classifier, device=device), Path(args.classifier)
     run = Path(args.work_dir) / f"cls-{args.label_column}"
     if not (run / "final" / "config.json").is_file() or args.retrain:
-        from latentdiff.train.classifier import ClassifierTrainConfig, train
-
         from latentdiff.config import load_config
+        from latentdiff.train.classifier import ClassifierTrainConfig, train
 
         overrides = {"vae_from": args.model, "output_dir": str(run), "device": "cuda" if device.startswith("cuda")
                      else "cpu", "data.source": args.dataset, "data.label_column": args.label_column}
@@ -249,6 +248,10 @@ def markdown(results: dict) -> str:
         "Reproduce:",
         "",
         "```sh",
+        "# the guiding classifier and the judge (the benchmark trains them itself when --classifier is not given",
+        "# or the --evaluator folder is empty)",
+        "latentdiff train classifier --config configs/emoji_classifier.yaml --vae-from emoji --output-dir runs/cls-group",
+        "latentdiff eval --sections real --evaluator runs/evaluator-emoji",
         r["command"],
         "```",
         "",
@@ -347,10 +350,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from latentdiff.pipelines import TextToImagePipeline
-
     from latentdiff.classifier import count_parameters
     from latentdiff.evaluation import frechet_distance, save_labelled_grid
+    from latentdiff.pipelines import TextToImagePipeline
 
     device = args.device
     work = Path(args.work_dir)

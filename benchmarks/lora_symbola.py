@@ -48,8 +48,9 @@ def test_split(n: int, resolution: int):
     import io
 
     import pyarrow.parquet as pq
-    from latentdiff.train.common import embedded_parquet
     from PIL import Image
+
+    from latentdiff.train.common import embedded_parquet
 
     sym = pq.read_table(embedded_parquet("emoji_symbola"), columns=["image", "text", "codepoints", "split"]).to_pylist()
     sym = [r for r in sym if r["split"] == "test"][: n or None]
@@ -89,11 +90,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
-    from latentdiff.pipelines import TextToImagePipeline
-    from latentdiff.train import lora as trainer
 
     from latentdiff.config import load_config
     from latentdiff.images import make_grid, save_png_atomic
+    from latentdiff.pipelines import TextToImagePipeline
+    from latentdiff.train import lora as trainer
 
     overrides = {"device": args.device}
     if args.base:

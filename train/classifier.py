@@ -1,0 +1,540 @@
+"""``latentdiff train classifier``: a noise-aware latent classifier for classifier guidance.
+
+Dhariwal & Nichol (2021), §4 and guided-diffusion's ``scripts/classifier_train.py``: the classifier
+p_φ(y | x_t, t) sees noisy latents and is trained with cross-entropy (notation of
+:mod:`latentdiff.diffusion`):
+
+    z   = scaling_factor · (μ(x) + σ(x)·n)     a fresh posterior sample of the frozen VAE (what the U-Net sees)
+    t   ~ U{0, …, T-1},   eps ~ N(0, I)
+    x_t = q_sample(z, t, eps) = √ᾱ_t z + √(1-ᾱ_t) eps
+    loss = CE(classifier(x_t, t), y)
+
+so its gradient ∇_{x_t} log p_φ(y | x_t, t) guides sampling without a VAE decode. μ(x), σ(x) of the
+train and test splits are computed once and cached (keyed by a hash of the data, labels and VAE
+weights); a step touches only the classifier. Batches are class-balanced by default (the emoji
+groups range from 85 to 2,148 images).
+
+Shares the other trainers' machinery (:mod:`latentdiff.train.common`): typed YAML config with
+``--set`` overrides, Accelerate (devices, mixed precision, TensorBoard in ``output_dir/logs``),
+randomness keyed by (seed, step) so ``--resume latest`` continues exactly, atomic checkpoints.
+Outputs: ``output_dir/final/`` (``config.json`` + ``model.safetensors``, loadable by
+:func:`latentdiff.classifier.load_classifier`) with the test accuracy versus noise level t
+(``accuracy_vs_t.md`` table, ``accuracy_vs_t.png`` plot, ``.json``) and ``training_summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from latentdiff.classifier import ClassifierConfig, NoisyLatentClassifier, count_parameters
+from latentdiff.config import ConfigError, save_config
+from latentdiff.diffusion import q_sample
+
+from .common import (
+    CONFIG_FILE,
+    DataConfig,
+    Device,
+    MixedPrecision,
+    OptimConfig,
+    Timer,
+    build_parser,
+    cache_key,
+    hash_module,
+    load_checkpoint,
+    load_tensors,
+    load_train_config,
+    local_slice,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    resolve_resume,
+    save_checkpoint,
+    save_tensors_atomic,
+    seed_everything,
+    set_cpu_threads,
+    step_generator,
+    write_summary,
+)
+
+logger = logging.getLogger("latentdiff.train")
+CACHE_VERSION = 1
+DEFAULT_EVAL_TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+
+
+@dataclass
+class ClassifierDataConfig(DataConfig):
+    label_column: str = "group"      # the class labels (emoji: group, 9 classes, or subgroup, ~99)
+    posterior: str = "sample"        # sample: z = μ + σ·n each step (what the U-Net saw) | mode: z = μ
+
+    def validate(self):
+        super().validate()
+        if self.posterior not in ("sample", "mode"):
+            raise ConfigError(f"data.posterior {self.posterior!r} unknown; choose sample or mode")
+        if not self.label_column:
+            raise ConfigError("data.label_column is empty: name the dataset column holding the classes "
+                              "(emoji: group or subgroup)")
+
+
+@dataclass
+class ClassifierTrainConfig:
+    vae_from: str = ""               # pipeline folder, VAE folder, built-in name ("emoji") or Hub repo id
+    output_dir: str = "runs/classifier"
+    seed: int = 0
+    device: Device = "auto"
+    mixed_precision: MixedPrecision = "no"
+    cpu_threads: int = 0             # torch CPU threads (0 = torch's default)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # shape/labels filled in from VAE + data
+    data: ClassifierDataConfig = field(default_factory=lambda: ClassifierDataConfig(
+        source="emoji", max_validation_samples=0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        batch_size=128, learning_rate=3e-4, lr_scheduler="cosine", lr_warmup_steps=100, adam_weight_decay=0.05,
+        max_train_steps=3000))       # guided-diffusion's classifier_train: AdamW 3e-4, weight decay 0.05
+    balanced: bool = True            # class-balanced batches (each class equally likely)
+    label_smoothing: float = 0.0
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    validation_steps: int = 500      # test accuracy at t = 0, T/2, T-1 in TensorBoard (0 = only at the end)
+    log_every: int = 50
+    eval_timesteps: list[int] = field(default_factory=lambda: list(DEFAULT_EVAL_TIMESTEPS))  # accuracy-vs-t report
+    eval_noise_draws: int = 4        # (z, ε) draws per test latent and t
+
+    def validate(self):
+        if not self.vae_from:
+            raise ConfigError("vae_from is empty: set it (--vae-from) to the model whose latents the classifier "
+                              "will guide: a pipeline folder, a VAE folder, 'emoji' or a Hub repo id")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.eval_noise_draws < 1:
+            raise ConfigError(f"eval_noise_draws must be >= 1, got {self.eval_noise_draws}")
+
+
+# ---------------------------------------------------------------------------------------------- VAE and latents
+
+
+def load_frozen_vae(vae_from: str):
+    """(vae, image resolution, scheduler config or None) from a pipeline folder, a VAE folder, a
+    built-in model name or a Hub repo id. The VAE is frozen (eval, no grad)."""
+    from diffusers import AutoencoderKL
+
+    from latentdiff.io import check_weights, resolve_model_dir
+    from latentdiff.models import SchedulerConfig
+
+    root = resolve_model_dir(vae_from, kind="VAE")
+    folder = root / "vae" if (root / "vae" / "config.json").is_file() else root
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"vae_from {vae_from}: no VAE in {root} (expected a pipeline folder with vae/, "
+                                "or an AutoencoderKL folder with config.json)")
+    check_weights(folder)
+    vae = AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval().requires_grad_(False)
+    if float(vae.config.scaling_factor) == 1.0:
+        logger.warning("VAE %s has scaling_factor 1.0 (not measured?); latents may not have unit variance", vae_from)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = int(vae.config.sample_size)
+    if (root / "unet" / "config.json").is_file():  # a pipeline: the U-Net fixes the image size
+        resolution = int(json.loads((root / "unet" / "config.json").read_text())["sample_size"]) * factor
+    sched = None
+    if (root / "scheduler" / "scheduler_config.json").is_file():
+        sched = SchedulerConfig.from_diffusers(json.loads((root / "scheduler" / "scheduler_config.json").read_text()))
+    return vae, resolution, sched
+
+
+def load_labelled_split(d: ClassifierDataConfig, split: str, resolution: int,
+                        label_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(pixel_values (N, 3, R, R) in [-1, 1], labels (N,), label names) of one split, through
+    :func:`latentdiff.data.build_dataset`. With ``label_names`` (the train split's) labels are
+    re-indexed into them; rows whose label the train split lacks are dropped, with a warning."""
+    import numpy as np
+
+    from latentdiff.data import build_dataset
+
+    source = "emoji:symbola" if d.source == "emoji_symbola" else d.source
+    ds = build_dataset(source, split=split, image_column=d.image_column, caption_column=d.caption_column,
+                       label_columns=(d.label_column,), resolution=resolution, center_crop=d.center_crop)
+    names = list(ds.label_names[d.label_column])
+    items = [ds[i] for i in tqdm(range(len(ds)), desc=f"reading {split}", leave=False, disable=len(ds) < 2048)]
+    pixels = torch.stack([it["pixel_values"] for it in items])
+    labels = torch.tensor([it[d.label_column] for it in items], dtype=torch.long)
+    if label_names is not None and names != label_names:
+        lookup = torch.tensor([label_names.index(n) if n in label_names else -1 for n in names])
+        labels = lookup[labels]
+        unseen = labels < 0
+        if unseen.any():
+            logger.warning("%d %s rows have %s labels the train split lacks; dropped", int(unseen.sum()), split,
+                           d.label_column)
+        pixels, labels, names = pixels[~unseen], labels[~unseen], label_names
+    limit = d.max_samples if split == d.split else d.max_validation_samples
+    if limit and len(labels) > limit:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(labels), size=limit, replace=False)))
+        pixels, labels = pixels[keep], labels[keep]
+    if "" in names:
+        logger.warning("some rows have an empty %s label; they form a class named ''", d.label_column)
+    return pixels, labels, names
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixel_values: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of q(z | x), both × scaling_factor: z = mean + std · n, n ~ N(0, I)."""
+    sf = float(vae.config.scaling_factor)
+    means, stds = [], []
+    for i in tqdm(range(0, len(pixel_values), batch_size), desc="encoding latents", leave=False,
+                  disable=len(pixel_values) < 2048):
+        dist = vae.encode(pixel_values[i : i + batch_size].to(vae.device, vae.dtype)).latent_dist
+        means.append((dist.mean * sf).float())
+        stds.append((dist.std * sf).float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def prepare_latents(cfg: ClassifierTrainConfig, vae, resolution: int, accelerator, cache_dir: Path) -> dict:
+    """Cached {train,test}_{mean,std,labels} and the label names, built once by the main process."""
+    d = cfg.data
+    train_px, train_y, names = load_labelled_split(d, d.split, resolution)
+    test = load_labelled_split(d, d.validation_split, resolution, names) if d.validation_split else None
+    h = hash_module(vae)
+    parts = {"version": CACHE_VERSION, "vae": h, "train": _fingerprint(train_px, train_y, names),
+             "test": _fingerprint(*test) if test else None, "resolution": resolution}
+    key = cache_key(parts)
+    path = cache_dir / f"latents-{d.label_column}-{key}.safetensors"
+    if accelerator.is_main_process and not path.is_file():
+        logger.info("encoding %d train and %d test images into the cache %s", len(train_y), len(test[1]) if test else 0,
+                    path)
+        vae = vae.to(accelerator.device)
+        tensors = {"train_labels": train_y}
+        tensors["train_mean"], tensors["train_std"] = encode_posterior(vae, train_px)
+        if test:
+            tensors["test_labels"] = test[1]
+            tensors["test_mean"], tensors["test_std"] = encode_posterior(vae, test[0])
+        save_tensors_atomic(tensors, path, {"key": key, "label_names": json.dumps(names)})
+    elif accelerator.is_main_process:
+        logger.info("using cached latents %s", path)
+    accelerator.wait_for_everyone()
+    return {**load_tensors(path, accelerator.device), "label_names": names, "key": key}
+
+
+def _fingerprint(pixels: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(((pixels + 1) * 127.5).round().to(torch.uint8).numpy().tobytes())
+    h.update(labels.numpy().tobytes())
+    h.update("\x00".join(names).encode())
+    return h.hexdigest()
+
+
+def draw_latents(mean: torch.Tensor, std: torch.Tensor, posterior: str, generator: torch.Generator) -> torch.Tensor:
+    """z = μ + σ·n (posterior sample) or z = μ (mode)."""
+    if posterior == "mode":
+        return mean
+    return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def accuracy_vs_t(model: NoisyLatentClassifier, mean: torch.Tensor, std: torch.Tensor, labels: torch.Tensor,
+                  alphas_cumprod: torch.Tensor, timesteps=DEFAULT_EVAL_TIMESTEPS, noise_draws: int = 4,
+                  posterior: str = "sample", batch_size: int = 512, seed: int = 1234) -> list[dict]:
+    """Test accuracy, class-balanced accuracy (mean per-class recall) and cross-entropy at each
+    noise level t, averaged over ``noise_draws`` (z, ε) draws; seeded, so comparable across runs."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device=mean.device).manual_seed(seed)
+    k = model.config.num_classes
+    rows = []
+    for t in timesteps:
+        correct, total, loss_sum = torch.zeros(k), torch.zeros(k), 0.0
+        for _ in range(noise_draws):
+            for i in range(0, len(mean), batch_size):
+                z = draw_latents(mean[i : i + batch_size], std[i : i + batch_size], posterior, g)
+                eps = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
+                x_t = q_sample(z, int(t), eps, alphas_cumprod)
+                logits = model(x_t.to(model.device, model.dtype), torch.full((len(z),), int(t), device=model.device))
+                logits, y = logits.float().cpu(), labels[i : i + batch_size].cpu()
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                hit = (logits.argmax(1) == y).float()
+                correct.index_add_(0, y, hit)
+                total.index_add_(0, y, torch.ones_like(hit))
+        present = total > 0
+        rows.append({
+            "t": int(t),
+            "alpha_bar": float(alphas_cumprod[int(t)]),
+            "accuracy": float(correct.sum() / total.sum()),
+            "balanced_accuracy": float((correct[present] / total[present]).mean()),
+            "loss": loss_sum / float(total.sum()),
+        })
+    model.train(was_training)
+    return rows
+
+
+def accuracy_table(rows: list[dict], label_names: list[str], labels: torch.Tensor) -> str:
+    """Markdown table of :func:`accuracy_vs_t` with the chance levels underneath."""
+    counts = torch.bincount(labels, minlength=len(label_names)).float()
+    majority = float(counts.max() / counts.sum())
+    lines = ["| t | ᾱ_t | SNR | accuracy | balanced accuracy | cross-entropy |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a = r["alpha_bar"]
+        lines.append(f"| {r['t']} | {a:.4f} | {a / (1 - a):.3g} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} "
+                     f"| {r['loss']:.3f} |")
+    lines.append("")
+    lines.append(f"{len(labels)} test latents, {len(label_names)} classes; chance: accuracy {majority:.3f} "
+                 f"(always the largest class), balanced accuracy {1 / len(label_names):.3f}.")
+    return "\n".join(lines)
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float]]], path: Path, *, title: str, xlabel: str,
+              ylabel: str, y_range: tuple[float, float] = (0.0, 1.0), hlines: dict[str, float] | None = None,
+              size: tuple[int, int] = (640, 400)) -> None:
+    """A small line chart drawn with PIL (no plotting dependency): one coloured line per series,
+    dashed grey horizontal reference lines, axis ticks and a legend. Written atomically."""
+    from PIL import Image, ImageDraw
+
+    from latentdiff.images import save_png_atomic
+
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    W, H = size
+    left, right, top, bottom = 60, 20, 40, 50
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    xs_all = [x for xs, _ in series.values() for x in xs]
+    x0, x1 = min(xs_all), max(xs_all)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y0, y1 = y_range
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (W - left - right),
+                H - bottom - (min(max(y, y0), y1) - y0) / (y1 - y0) * (H - top - bottom))
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for i in range(6):  # y ticks
+        y = y0 + (y1 - y0) * i / 5
+        _, yy = px(x0, y)
+        d.line([left - 4, yy, left, yy], fill="black")
+        d.line([left + 1, yy, W - right - 1, yy], fill=(235, 235, 235))
+        d.text((6, yy - 6), f"{y:.2f}", fill="black")
+    for i in range(6):  # x ticks
+        x = x0 + (x1 - x0) * i / 5
+        xx, _ = px(x, y0)
+        d.line([xx, H - bottom, xx, H - bottom + 4], fill="black")
+        label = f"{x:.0f}" if x1 - x0 >= 10 else f"{x:g}"
+        d.text((xx - 3 * len(label), H - bottom + 8), label, fill="black")
+    for name, y in (hlines or {}).items():
+        _, yy = px(x0, y)
+        for xx in range(left, W - right, 8):
+            d.line([xx, yy, min(xx + 4, W - right), yy], fill=(128, 128, 128))
+        d.text((W - right - 6 * len(name) - 4, yy - 12), name, fill=(100, 100, 100))
+    for k, (name, (xs, ys)) in enumerate(series.items()):
+        c = colours[k % len(colours)]
+        pts = [px(x, y) for x, y in zip(xs, ys)]
+        if len(pts) > 1:
+            d.line(pts, fill=c, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
+        d.line([left + 10, top + 10 + 14 * k, left + 30, top + 10 + 14 * k], fill=c, width=2)
+        d.text((left + 36, top + 4 + 14 * k), name, fill="black")
+    d.text(((W - 6 * len(title)) / 2, 8), title, fill="black")
+    d.text(((W - 6 * len(xlabel)) / 2, H - 20), xlabel, fill="black")
+    d.text((6, top - 16), ylabel, fill="black")
+    save_png_atomic(im, path)
+
+
+def write_report(rows: list[dict], label_names: list[str], labels: torch.Tensor, out_dir: Path, title: str) -> str:
+    """``accuracy_vs_t.{md,png,json}`` in ``out_dir``; returns the markdown table."""
+    from latentdiff.config import atomic_write_text
+
+    table = accuracy_table(rows, label_names, labels)
+    atomic_write_text(out_dir / "accuracy_vs_t.md", f"# {title}\n\n{table}\n")
+    atomic_write_text(out_dir / "accuracy_vs_t.json", json.dumps({"label_names": label_names, "rows": rows}, indent=2))
+    counts = torch.bincount(labels, minlength=len(label_names)).float()
+    ts = [r["t"] for r in rows]
+    line_plot({"accuracy": (ts, [r["accuracy"] for r in rows]),
+               "balanced accuracy": (ts, [r["balanced_accuracy"] for r in rows])},
+              out_dir / "accuracy_vs_t.png", title=title, xlabel="noise level t", ylabel="test accuracy",
+              hlines={"majority": float(counts.max() / counts.sum()), "1/K": 1 / len(label_names)})
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def batch_indices(labels: torch.Tensor, num_classes: int, batch: int, balanced: bool,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(B,) training indices: each class equally likely and uniform within it (balanced), or uniform."""
+    if balanced:
+        counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+        weights = (1.0 / counts.clamp(min=1))[labels]
+    else:
+        weights = torch.ones(len(labels), dtype=torch.float64, device=labels.device)
+    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+
+
+def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+    """Train the classifier as configured; returns the training summary (also in final/training_summary.json)."""
+    timer = Timer()
+    set_cpu_threads(cfg.cpu_threads)
+    out = Path(cfg.output_dir)
+    o, d = cfg.optim, cfg.data
+
+    # ---- frozen VAE, data, cached posterior statistics (all user errors surface here)
+    vae, resolution, sched = load_frozen_vae(cfg.vae_from)
+    resolution = d.resolution or resolution
+    accelerator = make_accelerator(cfg, out, "latentdiff-classifier")
+    device = accelerator.device
+    seed_everything(cfg.seed)
+    lat = prepare_latents(cfg, vae, resolution, accelerator, out / "cache")
+    names = lat["label_names"]
+    train_mean, train_std, train_y = lat["train_mean"], lat["train_std"], lat["train_labels"]
+    has_test = "test_labels" in lat
+    if len(torch.unique(train_y)) < 2:
+        raise ValueError(f"label column {d.label_column!r} of {d.source} has fewer than 2 classes in split "
+                         f"{d.split!r}; a classifier needs at least 2")
+
+    # the classifier's input shape and classes come from the VAE and the data; t from the pipeline's schedule
+    c = dataclasses.replace(cfg.classifier, latent_channels=int(train_mean.shape[1]),
+                            sample_size=int(train_mean.shape[-1]), num_classes=len(names), class_names=tuple(names),
+                            label_column=d.label_column, vae_scaling_factor=float(vae.config.scaling_factor),
+                            trained_on=f"vae: {cfg.vae_from}; data: {d.source} ({d.split})")
+    if sched is not None:
+        c = dataclasses.replace(c, num_train_timesteps=sched.num_train_timesteps, beta_schedule=sched.beta_schedule,
+                                beta_start=sched.beta_start, beta_end=sched.beta_end)
+    cfg = dataclasses.replace(cfg, classifier=c)
+    del vae
+    if accelerator.is_main_process:
+        save_config(cfg, out / CONFIG_FILE)
+    torch.manual_seed(cfg.seed)
+    model = NoisyLatentClassifier(c).train()
+    alphas_cumprod = model.alphas_cumprod().to(device)                            # float64 ᾱ_t on the device
+    T = c.num_train_timesteps
+    logger.info("classifier on %s: %d parameters, %d classes of %r, %d train latents %s, T=%d", device,
+                count_parameters(model), len(names), d.label_column, len(train_y), tuple(train_mean.shape[1:]), T)
+
+    # ---- optimizer, schedule, Accelerate, resume
+    optimizer = make_optimizer(model.parameters(), o)
+    lr_scheduler = make_lr_scheduler(optimizer, o)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
+    step = 0
+    ckpt = resolve_resume(out, resume)
+    if ckpt is not None:
+        step = load_checkpoint(accelerator, ckpt)["step"]
+        logger.info("resumed from %s at step %d", ckpt, step)
+    start_step = step
+
+    def test_rows(timesteps, draws):
+        return accuracy_vs_t(accelerator.unwrap_model(model), lat["test_mean"], lat["test_std"], lat["test_labels"],
+                             alphas_cumprod, timesteps, draws, d.posterior)
+
+    # ---- the loop
+    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc="train classifier", dynamic_ncols=True)
+    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+    while step < o.max_train_steps:
+        g = step_generator(cfg.seed, step, device)                                   # this step's randomness
+        idx = batch_indices(train_y, len(names), global_batch, cfg.balanced, g)      # (G,)
+        z = draw_latents(train_mean[idx], train_std[idx], d.posterior, g)            # (G, C, s, s)
+        t = torch.randint(0, T, (global_batch,), generator=g, device=device)         # t ~ U{0..T-1}
+        eps = torch.randn(z.shape, generator=g, device=device)
+        x_t = q_sample(z, t, eps, alphas_cumprod)                                    # (G, C, s, s)
+        model.train()
+        for micro in range(o.gradient_accumulation_steps):
+            sl = local_slice(micro, accelerator, o.batch_size)
+            with accelerator.accumulate(model):
+                logits = model(x_t[sl], t[sl])                                       # (B, K)
+                loss = F.cross_entropy(logits.float(), train_y[idx[sl]], label_smoothing=cfg.label_smoothing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and o.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach() / o.gradient_accumulation_steps
+        lr_scheduler.step()
+        step += 1
+        running_n += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == o.max_train_steps:
+            last_loss = float(accelerator.reduce(running, "mean")) / running_n
+            running.zero_()
+            running_n = 0
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if has_test and cfg.validation_steps and step % cfg.validation_steps == 0 and accelerator.is_main_process:
+            rows = test_rows((0, T // 2, T - 1), 1)
+            accelerator.log({f"test/accuracy_t{r['t']}": r["accuracy"] for r in rows}, step=step)
+        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss}, cfg.checkpoints_total_limit)
+    bar.close()
+
+    # ---- final weights, accuracy versus t on the test split, summary
+    summary: dict = {}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model).eval()
+        final.save_pretrained(out / "final")
+        rows, table = [], ""
+        if has_test:
+            rows = test_rows(cfg.eval_timesteps, cfg.eval_noise_draws)
+            table = write_report(rows, names, lat["test_labels"].cpu(), out / "final",
+                                 f"{d.label_column} classifier on noisy latents: test accuracy vs t")
+            logger.info("test accuracy versus noise level t:\n%s", table)
+        summary = {"trainer": "classifier", "steps": step, "start_step": start_step,
+                   "resumed_from": str(ckpt) if ckpt else None, "wall_time_s": round(timer.elapsed(), 1),
+                   "final_loss": last_loss, "classes": names, "label_column": d.label_column,
+                   "global_batch": global_batch, "device": str(device), "cache_key": lat["key"],
+                   "config_path": config_path, "accuracy_vs_t": rows, "output": str(out / "final")}
+        save_config(cfg, out / "final" / "training_config.yaml")
+        write_summary(out / "final" / "training_summary.json", summary)
+        logger.info("classifier saved to %s", out / "final")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+DESCRIPTION = ("Train a noise-aware classifier p(y | x_t, t) on a model's VAE latents, for classifier guidance "
+               "(`latentdiff generate --classifier DIR --class NAME`). Writes output_dir/final/ (config.json + "
+               "model.safetensors, the test accuracy versus noise level t as accuracy_vs_t.md / .png), "
+               "checkpoints and TensorBoard logs (output_dir/logs).")
+EPILOG = """examples:
+  # the emoji groups, on the built-in emoji model's latents
+  latentdiff train classifier --config configs/emoji_classifier.yaml --vae-from emoji --output-dir runs/cls-group
+  # the ~99 subgroups instead
+  latentdiff train classifier --config configs/emoji_classifier.yaml --vae-from emoji --label-column subgroup \\
+      --output-dir runs/cls-subgroup
+  # a test-size run against a tiny pipeline; continue an interrupted run exactly
+  latentdiff train classifier --config configs/tiny_classifier.yaml --vae-from runs/tiny/final --device cpu
+  latentdiff train classifier --config configs/emoji_classifier.yaml --vae-from emoji --resume latest
+  # then guide generation toward a class
+  latentdiff generate "" --classifier runs/cls-group --class "Food & Drink" --classifier-scale 4
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser("latentdiff train classifier", DESCRIPTION, EPILOG)
+    p.add_argument("--vae-from", help="override vae_from: pipeline/VAE folder, built-in name (emoji) or Hub repo id")
+    p.add_argument("--dataset", help="override data.source (emoji, an image folder, a datasets name/path)")
+    p.add_argument("--label-column", help="override data.label_column (emoji: group | subgroup)")
+    args = p.parse_args(argv)
+    for flag, key in (("vae_from", "vae_from"), ("dataset", "data.source"), ("label_column", "data.label_column")):
+        if getattr(args, flag) is not None:
+            args.overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+    cfg = load_train_config(args, ClassifierTrainConfig)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    train(cfg, resume=args.resume, config_path=args.config)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
