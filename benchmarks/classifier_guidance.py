@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger("latentdiff.bench")
-SCALES = "0,1,2,4,8"
+SCALES = "0,1,2,4,8,16,32"
+COMPOSITION_SCALES = "0,8,32,64"
 PAIRS = "Smileys & Emotion>Food & Drink|Animals & Nature>Travel & Places|Food & Drink>Flags"
 
 
@@ -96,6 +97,12 @@ def judge(net, images: torch.Tensor):
 
     preds, feats = evaluator_outputs(net, images)
     return preds["group"], feats
+
+
+@torch.no_grad()
+def judge_probs(net, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The judge's group probabilities (N, K): a finer measure of a shift than its argmax."""
+    return torch.cat([net(images[i:i + batch_size])["group"].softmax(-1).cpu() for i in range(0, len(images), batch_size)])
 
 
 def real_features(net, images: torch.Tensor) -> torch.Tensor:
@@ -288,12 +295,15 @@ def markdown(results: dict) -> str:
     lines += ["", "![grid: rows are requested groups, columns classifier scales](images/classifier_guidance_grid.png)",
               "", "### Composition with classifier-free guidance", "",
               f"Prompts: {r['composition_n']} captions of group A (a seeded sample), CFG scale {r['cfg_scale']:g}, "
-              "classifier guidance toward group B.", "",
-              "| prompt group A → target B | s | share A | share B |", "|---|---:|---:|---:|"]
+              "plus classifier guidance toward another group B (the text and the classifier disagree) or toward A "
+              "itself (they agree). Shares are the judge's argmax; p is its mean probability.", "",
+              "| prompt group A | s | toward B: share A | share B | p(B) | toward A: share A | p(A) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for c in r["composition"]:
-        for s in scales:
-            row = c["rows"][str(s)]
-            lines.append(f"| {c['a']} → {c['b']} | {s:g} | {pct(row['share_a'])} | {pct(row['share_b'])} |")
+        for s in r["composition_scales"]:
+            tb, ta = c["rows"][str(s)]["toward_b"], c["rows"][str(s)]["toward_a"]
+            lines.append(f"| {c['a']} (B = {c['b']}) | {s:g} | {pct(tb['share_a'])} | {pct(tb['share_b'])} | "
+                         f"{tb['p_b']:.3f} | {pct(ta['share_a'])} | {ta['p_a']:.3f} |")
     lines += ["", "### Overhead", "",
               "| CFG scale | classifier guidance (s=4) | batch | seconds per image | peak GPU memory (MB) |",
               "|---:|:---:|---:|---:|---:|"]
@@ -336,6 +346,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64, help="images per group and scale")
     p.add_argument("--pairs", default=PAIRS, help="'|'-separated 'A>B' pairs for the CFG composition")
     p.add_argument("--composition-n", type=int, default=32)
+    p.add_argument("--composition-scales", default=COMPOSITION_SCALES)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sampler", default=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -382,6 +393,7 @@ def main(argv=None) -> int:
     for g in groups:
         clf.class_index(g)  # a clear error for an unknown group
     scales = [float(s) for s in args.scales.split(",")]
+    comp_scales = [float(s) for s in args.composition_scales.split(",")]
     steps = args.steps or pipe.defaults.num_inference_steps
     sampler = args.sampler or pipe.defaults.sampler
 
@@ -432,13 +444,21 @@ def main(argv=None) -> int:
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0)).tolist()
         prompts = [pool[i] for i in order[: args.composition_n]]  # a seeded sample of group A's captions
         rows = {}
-        for s in scales:
-            images = generate(pipe, prompts, list(range(len(prompts))), classifier=clf, class_label=b, scale=s,
-                              guidance_scale=pipe.defaults.guidance_scale, batch_size=args.batch_size, steps=steps,
-                              sampler=sampler)
-            pred, _ = judge(net, images)
-            rows[str(s)] = {"share_a": float((pred == ka).float().mean()), "share_b": float((pred == kb).float().mean())}
-            logger.info("%s -> %s, s=%g: %s", a, b, s, rows[str(s)])
+        for s in comp_scales:
+            row = {}
+            for target, tag in ((b, "toward_b"), (a, "toward_a")):
+                if tag == "toward_a" and s == 0:
+                    row[tag] = row["toward_b"]  # s = 0 is the same unguided run
+                    continue
+                images = generate(pipe, prompts, list(range(len(prompts))), classifier=clf, class_label=target,
+                                  scale=s, guidance_scale=pipe.defaults.guidance_scale, batch_size=args.batch_size,
+                                  steps=steps, sampler=sampler)
+                probs = judge_probs(net, images)
+                pred = probs.argmax(-1)
+                row[tag] = {"share_a": float((pred == ka).float().mean()), "share_b": float((pred == kb).float().mean()),
+                            "p_a": float(probs[:, ka].mean()), "p_b": float(probs[:, kb].mean())}
+            rows[str(s)] = row
+            logger.info("%s -> %s, s=%g: %s", a, b, s, row)
         composition.append({"a": a, "b": b, "n": len(prompts), "rows": rows})
 
     lap("cfg_composition")
@@ -463,7 +483,7 @@ def main(argv=None) -> int:
                "judge": {"folder": args.evaluator, "real_test_accuracy": real_acc,
                          **{k: v for k, v in meta.items() if k != "label_names"}},
                "fd_real_halves": sum(halves) / len(halves), "sweep": sweep, "composition": composition,
-               "composition_n": args.composition_n, "cfg_scale": pipe.defaults.guidance_scale, "overhead": over,
+               "composition_n": args.composition_n, "composition_scales": comp_scales, "cfg_scale": pipe.defaults.guidance_scale, "overhead": over,
                "seconds": time.perf_counter() - t_start, "timings_s": timings}
     from latentdiff.config import atomic_write_text
 
