@@ -384,6 +384,9 @@ def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, heade
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a LoRA is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
