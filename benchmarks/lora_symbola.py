@@ -142,7 +142,9 @@ def main(argv=None) -> int:
     grid = make_grid(targets[:k] + before[:k] + after[:k], cols=k)
     grid = grid.resize((grid.width * 2, grid.height * 2), resample=0)  # nearest: crisp 64 px emoji
     save_png_atomic(grid, args.grid)
-    results["grid"] = {"path": args.grid, "rows": ["Symbola target", "base model", "base + LoRA"],
+    grid_path = Path(args.grid).resolve()
+    results["grid"] = {"path": str(grid_path.relative_to(ROOT) if grid_path.is_relative_to(ROOT) else grid_path),
+                       "rows": ["Symbola target", "base model", "base + LoRA"],
                        "prompts": styled[:k]}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
