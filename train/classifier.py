@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.classifier`
+    from .common import module_entry
 
-    sys.exit(main())
+    module_entry(main)

@@ -504,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.clip`
+    from .common import module_entry
+
+    module_entry(main)
 
 
 __all__ = ["ClipConfig", "VisionTowerConfig", "ClipTrainingConfig", "load_clip_config", "build_clip_model",

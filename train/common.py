@@ -600,8 +600,21 @@ def run_main(train_fn, cls, argv, prog, description, epilog) -> int:
     return 0
 
 
+def module_entry(main) -> None:
+    """``python -m latentdiff.train.X`` / ``accelerate launch -m latentdiff.train.X``: run ``main`` and
+    exit with its code; user errors (ValueError, FileNotFoundError) print one line and exit 2, as the
+    ``latentdiff`` CLI does, instead of a traceback from every process."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 __all__ = [
     "ConfigError", "DataConfig", "OptimConfig", "EMAConfig", "ImageData", "StepSampler", "build_parser",
-    "load_train_config", "make_accelerator", "save_checkpoint", "resolve_resume", "list_checkpoints",
+    "load_train_config", "module_entry", "make_accelerator", "save_checkpoint", "resolve_resume", "list_checkpoints",
     "load_image_data", "step_generator", "hash_module", "cache_key", "psnr", "math",
 ]

@@ -594,11 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                     "text embeddings; exports output_dir/final, a pipeline folder with the EMA weights.", EPILOG)
 
 
-if __name__ == "__main__":  # `accelerate launch -m latentdiff.train.X` / `python -m latentdiff.train.X`
-    import sys
+if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.unet`
+    from .common import module_entry
 
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as e:  # user errors: one line, like the latentdiff CLI
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    module_entry(main)
