@@ -499,3 +499,30 @@ def test_generate_cli_with_lora(lora_files, tiny_pipeline_dir, tmp_path):
     assert main(args + ["--out", str(tmp_path / "c"), "--lora", f"{lora_files['diffusers'].parent}:1.0"]) == 0
     a, b, c = (np.asarray(Image.open(next((tmp_path / d).glob("*.png")))) for d in "abc")
     assert np.array_equal(a, b) and not np.array_equal(b, c)
+
+
+def test_prior_class_data_keeps_its_own_captions_with_a_template(tmp_path, tiny_pipeline_dir):
+    """prior.class_prompt "{caption}…" with class_data: regularisation images under their own captions
+    (kohya-style); without class_data, or on a folder with no captions, it is a clear error."""
+    from latentdiff.train import lora as trainer
+
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    rows = [("apple.png", "red apple", (200, 30, 30)), ("leaf.png", "green leaf", (30, 160, 40))]
+    for name, _, colour in rows:
+        Image.fromarray(np.full((32, 32, 3), colour, np.uint8)).save(reg / name)
+    (reg / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": c}) + "\n" for f, c, _ in rows))
+
+    cfg = _config(tiny_pipeline_dir, reg, tmp_path / "run", **{
+        "prior.weight": 1.0, "prior.class_data": str(reg), "prior.class_prompt": "{caption}, plain"})
+    data = trainer.class_images(cfg, None, tmp_path / "run", 32)
+    assert sorted(data.captions) == ["green leaf, plain", "red apple, plain"]
+    fixed = dataclasses.replace(cfg, prior=dataclasses.replace(cfg.prior, class_prompt="emoji"))
+    assert trainer.class_images(fixed, None, tmp_path / "run", 32).captions == ["emoji", "emoji"]
+
+    with pytest.raises(ValueError, match="needs prior.class_data"):
+        _config(tiny_pipeline_dir, reg, tmp_path / "x", **{"prior.weight": 1.0, "prior.class_prompt": "{caption}"})
+    bare = _one_image_folder(tmp_path)
+    no_caps = dataclasses.replace(cfg, prior=dataclasses.replace(cfg.prior, class_data=str(bare)))
+    with pytest.raises(ValueError, match="has no captions"):
+        trainer.class_images(no_caps, None, tmp_path / "run", 32)

@@ -128,7 +128,9 @@ class PriorConfig:
     """DreamBooth prior preservation (Ruiz et al. 2023, eq. 2): + λ·L on class images."""
 
     weight: float = 0.0               # λ; 0 = off
-    class_prompt: str = ""            # caption of the class images, e.g. "emoji"
+    class_prompt: str = ""            # caption of the class images, e.g. "emoji"; with class_data, a template
+                                      # with "{caption}" keeps each class image's own caption (kohya-style
+                                      # regularisation images: the base model's own data, its own captions)
     class_data: str = ""              # a folder/source of class images; "" = generate them with the base model
     num_class_images: int = 50        # how many to generate when class_data is ""
     class_sampler_steps: int = 20
@@ -140,6 +142,9 @@ class PriorConfig:
             raise ValueError("prior.weight > 0 needs prior.class_prompt (e.g. 'emoji'), the caption of the class images")
         if self.num_class_images < 1:
             raise ValueError("prior.num_class_images must be >= 1")
+        if "{caption}" in self.class_prompt and not self.class_data:
+            raise ValueError("prior.class_prompt with '{caption}' needs prior.class_data (images with captions); "
+                             "generated class images have no caption of their own")
 
 
 @dataclass
@@ -226,9 +231,22 @@ def class_images(cfg: LoraTrainConfig, pipe, out: Path, resolution: int) -> Imag
 
     p = cfg.prior
     if p.class_data:
-        d = LoraDataConfig(source=p.class_data, split="train", instance_prompt=p.class_prompt,
-                           center_crop=cfg.data.center_crop)
-        data = load_lora_data(d, "train", resolution)
+        own_captions = "{caption}" in p.class_prompt
+        d = LoraDataConfig(source=p.class_data, split="train", instance_prompt="" if own_captions else p.class_prompt,
+                           center_crop=cfg.data.center_crop, caption_template=p.class_prompt if own_captions
+                           else "{caption}")
+        try:
+            data = load_lora_data(d, "train", resolution)
+        except ValueError as e:
+            if not own_captions or "no captions" not in str(e):
+                raise
+            data = ImageData(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), [], p.class_data, "class")
+        if own_captions:
+            if not any(data.captions):
+                raise ValueError(f"prior.class_data {p.class_data!r} has no captions for prior.class_prompt "
+                                 f"{p.class_prompt!r}; add captions to those images or give a fixed class prompt "
+                                 "instead (e.g. prior.class_prompt=emoji)")
+            return ImageData(data.images, data.captions, p.class_data, "class")
         return ImageData(data.images, [p.class_prompt] * len(data), p.class_data, "class")
     folder = out / "class_images"
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -680,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.lora`
+    from .common import module_entry
 
-    sys.exit(main())
+    module_entry(main)
