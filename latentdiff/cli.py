@@ -67,7 +67,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale factor φ (0 = off)")
     p.add_argument("--eta", type=float, default=None, help="DDIM η (0 = deterministic)")
-    p.add_argument("--spacing", default=None, help="timestep spacing: leading | trailing | linspace")
+    p.add_argument("--spacing", default=None, help="timestep spacing: leading | trailing | linspace | logsnr (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default: random)")
     p.add_argument("-n", "--num-images", type=int, default=1, help="number of images")
     p.add_argument("--height", type=int, default=None)

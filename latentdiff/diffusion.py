@@ -26,8 +26,8 @@ import torch
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+TimestepSpacing = Literal["leading", "trailing", "linspace", "logsnr"]
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 PredictionType = Literal["epsilon", "v_prediction"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -242,6 +242,7 @@ def make_timesteps(
     num_train_timesteps: int = 1000,
     spacing: str = "leading",
     steps_offset: int = 0,
+    alphas_cumprod: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decreasing integer timesteps for sampling, with the spacings diffusers names
     (Table 2 of Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
@@ -249,6 +250,11 @@ def make_timesteps(
     - ``leading``: t = i·⌊T/n⌋ + steps_offset, i = n-1..0 (Stable Diffusion's default)
     - ``trailing``: t = round(T - i·T/n) - 1, i = 0..n-1 (always starts at T-1)
     - ``linspace``: t = round(linspace(0, T-1, n)), reversed
+    - ``logsnr``: uniform in the half-log-SNR λ = log(α/σ) from t = T-1 to t = 0, each λ mapped to a
+      fractional t by linear interpolation of the λ table and rounded (needs ``alphas_cumprod``). The spacing DPM-Solver recommends
+      ("logSNR", Lu et al. 2022, §3.3 / appendix) and diffusers' ``use_lu_lambdas``; where rounding
+      gives a timestep twice (many steps on a 1000-step table), the lower ones are lifted so the list
+      stays strictly decreasing (diffusers keeps the duplicates, i.e. zero-length steps).
     """
     T = num_train_timesteps
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -262,6 +268,16 @@ def make_timesteps(
         ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    elif spacing == "logsnr":
+        if alphas_cumprod is None or len(alphas_cumprod) != T:
+            raise ValueError(f"timestep spacing 'logsnr' needs the {T}-entry alphas_cumprod table")
+        ac = alphas_cumprod.detach().double().cpu().numpy()
+        lam = 0.5 * (np.log(ac) - np.log1p(-ac))  # increasing as t decreases
+        targets = np.linspace(lam[T - 1], lam[0], n)
+        t_frac = np.interp(targets, lam[::-1], np.arange(T - 1, -1, -1, dtype=np.float64))  # λ is decreasing in t
+        ts = t_frac.round().astype(np.int64)
+        for k in range(n - 2, -1, -1):  # strictly decreasing: lift collisions at the low-noise end
+            ts[k] = max(ts[k], ts[k + 1] + 1)
     else:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}")
     return torch.from_numpy(ts)

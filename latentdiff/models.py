@@ -162,10 +162,25 @@ class SchedulerConfig:
 
 @dataclass
 class SamplingDefaults:
+    """A model's own sampling defaults (latentdiff.json beside model_index.json; diffusers ignores it)."""
+
     sampler: str = "dpmpp_2m"
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     eta: float = 0.0
+    timestep_spacing: str = ""  # "" = the scheduler config's; "logsnr" lives here, since diffusers' schedulers lack it
+
+    def validate(self):
+        from .diffusion import TIMESTEP_SPACINGS
+        from .samplers import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"defaults.sampler {self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+        if self.timestep_spacing and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"defaults.timestep_spacing {self.timestep_spacing!r} is unknown; choose one of "
+                             f"{', '.join(TIMESTEP_SPACINGS)} or '' (the scheduler's)")
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise ValueError(f"defaults.num_inference_steps must be an integer >= 1, got {self.num_inference_steps!r}")
 
 
 @dataclass

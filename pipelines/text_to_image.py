@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -100,7 +100,13 @@ class TextToImagePipeline(LoraMixin):
         defaults = SamplingDefaults()
         extras = path / LATENTDIFF_FILE
         if extras.exists():
-            defaults = SamplingDefaults(**json.loads(extras.read_text()).get("defaults", {}))
+            raw = json.loads(extras.read_text()).get("defaults", {})
+            unknown = sorted(set(raw) - {f.name for f in fields(SamplingDefaults)})
+            if unknown:
+                raise ValueError(f"{extras}: unknown sampling defaults {unknown}; allowed: "
+                                 f"{', '.join(f.name for f in fields(SamplingDefaults))}")
+            defaults = SamplingDefaults(**raw)
+            defaults.validate()
         pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, defaults, name=str(name_or_path))
         return pipe.to(device)
 
@@ -285,9 +291,9 @@ class TextToImagePipeline(LoraMixin):
             denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
 
         # 4. sample
-        spacing = timestep_spacing or self.scheduler_config.timestep_spacing
+        spacing = timestep_spacing or d.timestep_spacing or self.scheduler_config.timestep_spacing
         timesteps = make_timesteps(steps, self.scheduler_config.num_train_timesteps, spacing,
-                                   self.scheduler_config.steps_offset)
+                                   self.scheduler_config.steps_offset, self.alphas_cumprod)
         options = {}
         if sampler == "ddim":
             options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one

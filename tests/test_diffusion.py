@@ -97,7 +97,7 @@ def test_per_image_generators_are_independent_of_batch():
         D.randn((3, 4, 8, 8), generator=gens)
 
 
-@pytest.mark.parametrize("spacing", D.TIMESTEP_SPACINGS)
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("n", [1, 7, 10, 25, 50])
 def test_timesteps_match_diffusers_ddim(spacing, n):
     from diffusers import DDIMScheduler
@@ -106,6 +106,32 @@ def test_timesteps_match_diffusers_ddim(spacing, n):
     ref.set_timesteps(n)
     ours = D.make_timesteps(n, 1000, spacing, steps_offset=1 if spacing == "leading" else 0)
     assert ours.tolist() == ref.timesteps.tolist()
+
+
+@pytest.mark.parametrize("schedule", ["scaled_linear", "linear"])
+def test_logsnr_timesteps_match_diffusers_lu_lambdas(schedule):
+    """'logsnr' = diffusers' DPMSolverMultistepScheduler(use_lu_lambdas=True) wherever diffusers' list
+    has no repeated timestep; where it repeats one (zero-length steps), ours stays strictly decreasing.
+    (For squaredcos_cap_v2 diffusers truncates the fractional timesteps instead of rounding them.)"""
+    from diffusers import DPMSolverMultistepScheduler
+
+    kw = {"scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012},
+          "linear": {"beta_start": 0.0001, "beta_end": 0.02}}.get(schedule, {})
+    ac = D.make_alphas_cumprod(schedule, 1000, **kw)
+    compared = 0
+    for n in (2, 5, 10, 20, 25, 50, 100, 500):
+        ref = DPMSolverMultistepScheduler(beta_schedule=schedule, use_lu_lambdas=True, **kw)
+        ref.set_timesteps(n)
+        theirs = ref.timesteps.tolist()
+        ours = D.make_timesteps(n, 1000, "logsnr", alphas_cumprod=ac).tolist()
+        assert len(ours) == n and ours[0] == 999 and ours[-1] == 0
+        assert all(b < a for a, b in zip(ours, ours[1:]))
+        if len(set(theirs)) == len(theirs):
+            assert ours == theirs, n
+            compared += 1
+    assert compared >= 3
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        D.make_timesteps(10, 1000, "logsnr")
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1001, 2.5])

@@ -217,3 +217,34 @@ def test_tokenizer_matches_open_clip():
         theirs = open_clip.tokenize([text])[0].tolist()
         n = ours.index(49407) + 1
         assert ours[:n] == theirs[:n]
+
+
+def test_model_sampling_defaults_are_used_and_checked(tiny_pipeline_dir, tmp_path):
+    """latentdiff.json's defaults (sampler, steps, guidance, spacing) drive a call without arguments
+    and survive save/load; unknown keys and unknown values are errors naming the allowed ones."""
+    from latentdiff.diffusion import make_timesteps
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    extras = folder / "latentdiff.json"
+    defaults = {"sampler": "dpmpp_2m", "num_inference_steps": 3, "guidance_scale": 2.0, "eta": 0.0,
+                "timestep_spacing": "logsnr"}
+    extras.write_text(json.dumps({"defaults": defaults}))
+    pipe = TextToImagePipeline.from_pretrained(folder)
+    seen = []
+    out = pipe("red apple", seed=0, output_type="latent", callback=lambda d: seen.append(d["t"]))
+    assert out.parameters[0]["timestep_spacing"] == "logsnr" and out.parameters[0]["sampler"] == "dpmpp_2m"
+    assert seen == make_timesteps(3, 1000, "logsnr", alphas_cumprod=pipe.alphas_cumprod).tolist()
+    explicit = pipe("red apple", seed=0, output_type="latent", timestep_spacing="logsnr", num_inference_steps=3,
+                    sampler="dpmpp_2m", guidance_scale=2.0)
+    assert torch.equal(out.latents, explicit.latents)
+    other = pipe("red apple", seed=0, output_type="latent", timestep_spacing="trailing")
+    assert not torch.equal(out.latents, other.latents)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "latentdiff.json").read_text())["defaults"] == defaults
+
+    for bad, match in [({"sampler": "euler"}, "choose one of"), ({"timestep_spacing": "karras"}, "logsnr"),
+                       ({"num_steps": 4}, "unknown sampling defaults")]:
+        extras.write_text(json.dumps({"defaults": {**defaults, **bad}}))
+        with pytest.raises(ValueError, match=match):
+            TextToImagePipeline.from_pretrained(folder)
