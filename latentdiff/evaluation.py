@@ -473,8 +473,8 @@ def frechet_distance(features1, features2) -> float:
 
 
 def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
-             guidance_scale: float | None = None, batch_size: int = 32, progress: bool = True,
-             desc: str = "generate") -> tuple[torch.Tensor, torch.Tensor]:
+             guidance_scale: float | None = None, timestep_spacing: str | None = None, batch_size: int = 32,
+             progress: bool = True, desc: str = "generate") -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, H, W) in [0, 1] on the CPU, final latents (N, C, h, w)). Prompt i always gets
     seed ``seed + i`` (the same initial noise whatever the batching, sampler or guidance)."""
     from tqdm.auto import tqdm
@@ -483,7 +483,8 @@ def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None =
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
         batch = list(prompts[i:i + batch_size])
         out = pipe(batch, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                   seed=[seed + i + k for k in range(len(batch))], output_type="latent")
+                   timestep_spacing=timestep_spacing, seed=[seed + i + k for k in range(len(batch))],
+                   output_type="latent")
         latents.append(out.latents.float().cpu())
         images.append(pipe.decode_latents(out.latents).float().cpu())
     return torch.cat(images), torch.cat(latents)
@@ -572,27 +573,33 @@ def skin_report(pipe, sets: list[list[str]], *, seed: int = 0, batch_size: int =
 
 def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor], net: EvaluatorNet | None, *,
                    samplers: Sequence[str] = ("ddim", "ddpm", "dpmpp_2m"), steps: Sequence[int] = (5, 10, 20, 50),
-                   reference_steps: int = 1000, guidance_scale: float | None = None, seed: int = 0,
-                   batch_size: int = 32, progress: bool = True) -> dict:
-    """Latent RMSE of each sampler at each step count against a ``reference_steps`` DDIM (η = 0)
-    solution from the same initial noise, and evaluator accuracy of the decoded images.
-    RMSE = √mean((z − z_ref)²) per image, averaged over images. DDPM adds fresh noise at every step,
-    so it converges to *a* sample of the model, not to the ODE's: its error stays large."""
+                   spacings: Sequence[str | None] = (None,), reference_steps: int = 1000,
+                   guidance_scale: float | None = None, seed: int = 0, batch_size: int = 32,
+                   progress: bool = True) -> dict:
+    """Latent RMSE of each sampler at each step count (and timestep spacing; None = the model's)
+    against a ``reference_steps`` DDIM (η = 0) solution from the same initial noise, and evaluator
+    accuracy of the decoded images. RMSE = √mean((z − z_ref)²) per image, averaged over images. DDPM
+    adds fresh noise at every step, so it converges to *a* sample of the model, not to the ODE's: its
+    error stays large. The reference visits every timestep (trailing spacing: T-1 … 0)."""
     _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
-                        guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,
-                        desc=f"ddim {reference_steps} (reference)")
+                        guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
+                        progress=progress, desc=f"ddim {reference_steps} (reference)")
+    default_spacing = pipe.defaults.timestep_spacing or pipe.scheduler_config.timestep_spacing
     rows = []
     for name in samplers:
-        for n in steps:
-            t0 = time.perf_counter()
-            images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name, guidance_scale=guidance_scale,
-                                 batch_size=batch_size, progress=progress, desc=f"{name} {n}")
-            row = {"sampler": name, "steps": n, "stochastic": name == "ddpm",
-                   "latent_rmse": float((z - z_ref).pow(2).flatten(1).mean(1).sqrt().mean()),
-                   "seconds_per_image": (time.perf_counter() - t0) / len(prompts)}
-            if net is not None:
-                row["accuracy"] = accuracy(evaluator_outputs(net, images)[0], labels)
-            rows.append(row)
+        for spacing in spacings:
+            spacing = spacing or default_spacing
+            for n in steps:
+                t0 = time.perf_counter()
+                images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name, guidance_scale=guidance_scale,
+                                     timestep_spacing=spacing, batch_size=batch_size, progress=progress,
+                                     desc=f"{name} {spacing} {n}")
+                row = {"sampler": name, "spacing": spacing, "steps": n, "stochastic": name == "ddpm",
+                       "latent_rmse": float((z - z_ref).pow(2).flatten(1).mean(1).sqrt().mean()),
+                       "seconds_per_image": (time.perf_counter() - t0) / len(prompts)}
+                if net is not None:
+                    row["accuracy"] = accuracy(evaluator_outputs(net, images)[0], labels)
+                rows.append(row)
     return {"n": len(prompts), "reference": f"ddim, {reference_steps} steps, eta=0", "rows": rows}
 
 
@@ -719,11 +726,11 @@ def markdown_report(results: dict) -> str:
     if "samplers" in results:
         s = results["samplers"]
         out += [f"### Samplers: latent RMSE vs {s['reference']} from the same noise ({s['n']} prompts)", "",
-                "| sampler | steps | latent RMSE | " + " | ".join(f"{c} accuracy" for c in cols) + " | s/image |",
-                "|---|---|---|" + "---|" * len(cols) + "---|"]
+                "| sampler | spacing | steps | latent RMSE | " + " | ".join(f"{c} accuracy" for c in cols) + " | s/image |",
+                "|---|---|---|---|" + "---|" * len(cols) + "---|"]
         for r in s["rows"]:
             name = r["sampler"] + (" (stochastic)" if r["stochastic"] else "")
-            out.append(f"| {name} | {r['steps']} | {_num(r['latent_rmse'])} | "
+            out.append(f"| {name} | {r.get('spacing', '')} | {r['steps']} | {_num(r['latent_rmse'])} | "
                        + " | ".join(_pct(r.get("accuracy", {}).get(c)) for c in cols)
                        + f" | {_num(r['seconds_per_image'])} |")
         out.append("")
@@ -779,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
   latentdiff eval --model emoji --limit 64 --sampler-limit 4 --skin-limit 4 --colour-limit 18 --guidance-limit 16
   latentdiff eval --train-evaluator --sections real                         # (re)train the evaluator only
   latentdiff eval --model runs/emoji/final --sections samplers --samplers ddim,dpmpp_2m --sampler-steps 10,20
+  latentdiff eval --sections samplers --samplers ddim,dpmpp_2m --sampler-spacings trailing,logsnr
   latentdiff eval --model runs/emoji/final --sections guidance --guidance-scales 1,3,5,7.5
 """,
     )
@@ -806,11 +814,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test captions per scale in the guidance sweep (default: --limit)")
     p.add_argument("--samplers", default="ddim,ddpm,dpmpp_2m")
     p.add_argument("--sampler-steps", default="5,10,20,50")
+    p.add_argument("--sampler-spacings", default=None,
+                   help="comma-separated timestep spacings for the sampler report, e.g. trailing,logsnr "
+                        "(default: --spacing, i.e. the model's)")
     p.add_argument("--reference-steps", type=int, default=1000)
     p.add_argument("--guidance-scales", default="1,2,3,5,7.5")
     p.add_argument("--sampler", default=None, help="sampler for the other sections (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="steps for the other sections (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--spacing", default=None, help="timestep spacing: leading | trailing | linspace | logsnr "
+                                                   "(default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i (default: 0)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
@@ -875,9 +888,12 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     pipe = TextToImagePipeline.from_pretrained(args.model, device=args.device)
     results["model"] = args.model
-    gen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance}
+    gen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance,
+           "timestep_spacing": args.spacing}
     results["sampling"] = {"sampler": args.sampler or pipe.defaults.sampler,
                            "steps": args.steps or pipe.defaults.num_inference_steps,
+                           "timestep_spacing": args.spacing or pipe.defaults.timestep_spacing
+                           or pipe.scheduler_config.timestep_spacing,
                            "guidance_scale": args.guidance if args.guidance is not None else pipe.defaults.guidance_scale}
     common = {"seed": args.seed, "batch_size": args.batch_size, "progress": progress}
     colour_prompts = default_colour_prompts()[:args.colour_limit]
@@ -899,12 +915,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         sub = test_set.subset(range(min(len(test_set), args.sampler_limit)))
         results["samplers"] = sampler_report(
             pipe, sub.captions, sub.labels, net, samplers=args.samplers.split(","), steps=_ints(args.sampler_steps),
-            reference_steps=args.reference_steps, guidance_scale=args.guidance, **common)
+            spacings=[x.strip() or None for x in args.sampler_spacings.split(",")] if args.sampler_spacings
+            else (args.spacing,), reference_steps=args.reference_steps, guidance_scale=args.guidance, **common)
     if "guidance" in sections:
         sweep_set = test_set.subset(range(min(len(test_set), args.guidance_limit or len(test_set))))
         results["guidance"] = guidance_report(pipe, sweep_set, net, _floats(args.guidance_scales),
                                               colour_prompts=colour_prompts, steps=args.steps, sampler=args.sampler,
-                                              **common)
+                                              timestep_spacing=args.spacing, **common)
     if args.grid:
         prompts = args.grid_prompts.split("|") if args.grid_prompts else list(DEFAULT_GRID_PROMPTS)
         images, _ = generate(pipe, prompts, desc="grid", **common, **gen)

@@ -282,15 +282,15 @@ def test_eval_end_to_end_on_tiny_pipeline(tmp_path, tiny_pipeline_dir):
             "--resolution", "32", "--evaluator", str(tmp_path / "ev"), "--evaluator-epochs", "1",
             "--evaluator-resolution", "16", "--evaluator-width", "8", "--no-progress"]
     assert E.main(base + ["--limit", "6", "--colour-limit", "3", "--sampler-limit", "2", "--samplers", "ddim,dpmpp_2m",
-                          "--sampler-steps", "2,4", "--reference-steps", "8", "--guidance-scales", "1,3", "--steps", "2",
+                          "--sampler-steps", "2,4", "--sampler-spacings", "trailing,logsnr", "--reference-steps", "8", "--guidance-scales", "1,3", "--steps", "2",
                           "--batch-size", "8", "--out", str(out), "--grid", str(grid),
                           "--grid-prompts", "red circle|blue square"]) == 0
     r = json.loads(out.read_text())
     assert set(r) >= {"real", "generated", "colour", "skin", "samplers", "guidance", "grid"}
     assert r["generated"]["n"] == 6 and r["colour"]["n"] == 3
     assert r["colour"]["reference"]["rate"] == 1.0  # the checker reads the real coloured shapes right
-    assert [(row["sampler"], row["steps"]) for row in r["samplers"]["rows"]] == \
-        [("ddim", 2), ("ddim", 4), ("dpmpp_2m", 2), ("dpmpp_2m", 4)]
+    assert [(row["sampler"], row["spacing"], row["steps"]) for row in r["samplers"]["rows"]] == \
+        [(s, sp, n) for s in ("ddim", "dpmpp_2m") for sp in ("trailing", "logsnr") for n in (2, 4)]
     assert all(np.isfinite(row["latent_rmse"]) for row in r["samplers"]["rows"])
     assert [row["guidance_scale"] for row in r["guidance"]["rows"]] == [1.0, 3.0]
     assert Image.open(grid).size[0] > 0
