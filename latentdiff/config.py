@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from latentdiff.io import replace_shared
+
 T = TypeVar("T")
 
 
@@ -157,10 +159,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, p)
+        replace_shared(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

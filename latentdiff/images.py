@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from latentdiff.io import replace_shared
+
 
 def make_grid(images: list[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:
     """Tile PIL images (all the same size) into one image, row by row, on white."""
@@ -31,7 +33,7 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs) 
     os.close(fd)
     try:
         image.save(tmp, format="PNG", **save_kwargs)
-        os.replace(tmp, p)
+        replace_shared(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

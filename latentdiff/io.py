@@ -84,6 +84,14 @@ def _umask() -> int:
     return mask
 
 
+def replace_shared(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """The last step of every atomic write: give the temporary file the permissions ``open()`` would
+    have (0666 & ~umask; ``mkstemp`` makes 0600, which leaves saved models, LoRAs, configs and
+    images unreadable to anyone else), then rename it over ``path`` in one step."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename,
@@ -94,6 +102,12 @@ def atomic_dir(target: str | os.PathLike):
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved model should be readable like any folder
     try:
         yield tmp
+        mask = _umask()
+        for f in tmp.rglob("*"):  # library writers (safetensors shards via mkstemp) leave 0600 files
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~mask)
+            elif f.is_dir() and not f.is_symlink():
+                os.chmod(f, 0o777 & ~mask)
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
             os.replace(target, old / "x")

@@ -51,6 +51,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from latentdiff.io import replace_shared
+
 logger = logging.getLogger("latentdiff")
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
@@ -384,10 +386,7 @@ def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, heade
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a LoRA is meant to be shared
-        os.replace(tmp, path)
+        replace_shared(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

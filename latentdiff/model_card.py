@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from latentdiff.io import replace_shared
+
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -681,7 +683,7 @@ def write_model_card(folder: str | Path, text: str, *, overwrite: bool = False) 
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:  # UTF-8 whatever the locale
             f.write(text)
-        os.replace(tmp, path)
+        replace_shared(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -248,3 +248,31 @@ def test_model_sampling_defaults_are_used_and_checked(tiny_pipeline_dir, tmp_pat
         extras.write_text(json.dumps({"defaults": {**defaults, **bad}}))
         with pytest.raises(ValueError, match=match):
             TextToImagePipeline.from_pretrained(folder)
+
+
+def test_atomic_writers_give_files_the_usual_permissions(tiny_pipe, tmp_path):
+    """mkstemp makes 0600 files; everything we save (models, configs, images, LoRAs, cards) is meant to
+    be shared, so it must end up 0666 & ~umask like a plain open() would make it."""
+    import os
+    import stat
+
+    from PIL import Image
+
+    from latentdiff import lora as L
+    from latentdiff.config import atomic_write_text
+    from latentdiff.images import save_png_atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.yaml", "x: 1\n")
+        save_png_atomic(Image.new("RGB", (4, 4)), tmp_path / "a.png")
+        tiny_pipe.save_pretrained(tmp_path / "model")
+        lora_file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+        L._save_safetensors_atomic({"w": torch.zeros(2)}, lora_file, {"format": "pt"})
+        files = [tmp_path / "a.yaml", tmp_path / "a.png", lora_file, *(tmp_path / "model").rglob("*.json"),
+                 *(tmp_path / "model").rglob("*.safetensors")]
+        modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+        assert set(modes.values()) == {oct(0o644)}, modes
+        assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+    finally:
+        os.umask(old)

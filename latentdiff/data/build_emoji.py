@@ -46,6 +46,8 @@ from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, features
 
+from latentdiff.io import replace_shared
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = {"noto": PACKAGE_DIR / "emoji", "symbola": PACKAGE_DIR / "emoji_symbola"}
 PARQUET_NAME = "emoji.parquet"
@@ -383,8 +385,7 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     try:
         # zstd only matters for the text columns: the PNG bytes are already deflated.
         pq.write_table(table, tmp, compression="zstd", row_group_size=1024)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is meant to be shipped
-        os.replace(tmp, path)
+        replace_shared(tmp, path)  # mkstemp creates 0600; the file is meant to be shipped
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -395,8 +396,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    replace_shared(tmp, path)
 
 
 def sha256_file(path: Path) -> str:
