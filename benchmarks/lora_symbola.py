@@ -9,7 +9,9 @@
    - leak: base + LoRA with the plain prompt "<name>" (does the style stay behind its trigger?);
    - references: the real Symbola renderings (the target) and the real Noto images (the base style).
    Metrics: mean HSV saturation (0 = grey, Symbola is black on white) and the share of colourful
-   pixels (S > 0.25 and V > 0.2).
+   pixels (S > 0.25 and V > 0.2). With --evaluator (the clean pixel classifier of `latentdiff eval`,
+   trained on real Noto images), content too: the share of images it assigns to the emoji's group,
+   for every row above and for the base model with the plain prompt (what the LoRA must not break).
 3. Writes a before/after grid (rows: Symbola target, base, base + LoRA) to --grid and the numbers to
    --json, and prints a markdown table.
 
@@ -54,6 +56,8 @@ def test_split(n: int, resolution: int):
 
     sym = pq.read_table(embedded_parquet("emoji_symbola"), columns=["image", "text", "codepoints", "split"]).to_pylist()
     sym = [r for r in sym if r["split"] == "test"][: n or None]
+    groups = [r["group"] for r in pq.read_table(embedded_parquet("emoji_symbola"), columns=["group", "split"]).to_pylist()
+              if r["split"] == "test"][: n or None]
     noto = {r["codepoints"]: r for r in pq.read_table(embedded_parquet("emoji"),
                                                       columns=["image", "codepoints"]).to_pylist()}
 
@@ -63,7 +67,21 @@ def test_split(n: int, resolution: int):
     names = [r["text"] for r in sym]
     targets = [load(r["image"]) for r in sym]
     base_style = [load(noto[r["codepoints"]]["image"]) for r in sym if r["codepoints"] in noto]
-    return names, targets, base_style
+    return names, targets, base_style, groups
+
+
+def group_accuracy(net, label_names, images, groups) -> float:
+    """Share of ``images`` the clean judge assigns to their emoji's group."""
+    import torch
+
+    from latentdiff.evaluation import evaluator_outputs
+
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                     for im in images])
+    pred = evaluator_outputs(net, x)[0]["group"]
+    index = {g: i for i, g in enumerate(label_names["group"])}
+    y = torch.tensor([index[g] for g in groups])
+    return round(float((pred == y).float().mean()), 4)
 
 
 def generate(pipe, prompts, seeds, steps, batch=16):
@@ -86,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", default=str(ROOT / "docs" / "lora_before_after.png"))
     p.add_argument("--grid-n", type=int, default=8, help="columns of the grid")
     p.add_argument("--json", default=str(ROOT / "docs" / "lora_symbola.json"))
+    p.add_argument("--evaluator", default=None,
+                   help="folder of `latentdiff eval`'s clean classifier (e.g. runs/evaluator-emoji): adds group accuracy")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -120,11 +140,12 @@ def main(argv=None) -> int:
 
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     pipe = TextToImagePipeline.from_pretrained(cfg.base, device=device)
-    names, targets, noto = test_split(args.n, pipe.default_size)
+    names, targets, noto, groups = test_split(args.n, pipe.default_size)
     styled = [n + STYLE for n in names]
     seeds = list(range(len(names)))
     t0 = time.perf_counter()
     before = generate(pipe, styled, seeds, args.steps)
+    plain = generate(pipe, names, seeds, args.steps) if args.evaluator else None
     pipe.load_lora(lora_path, adapter_name="symbola")
     after = generate(pipe, styled, seeds, args.steps)
     leak = generate(pipe, names, seeds, args.steps)
@@ -137,6 +158,18 @@ def main(argv=None) -> int:
         "after: base + LoRA, styled prompt": saturation_stats(after),
         "leak: base + LoRA, plain prompt": saturation_stats(leak),
     }
+    results["sampling"] = {"sampler": pipe.defaults.sampler, "steps": args.steps or pipe.defaults.num_inference_steps,
+                           "guidance_scale": pipe.defaults.guidance_scale}
+    if args.evaluator:
+        from latentdiff.evaluation import load_evaluator
+
+        net, meta = load_evaluator(args.evaluator, device)
+        sets = {"symbola_target (real)": targets, "noto_base_style (real)": noto if len(noto) == len(names) else None,
+                "before: base, styled prompt": before, "after: base + LoRA, styled prompt": after,
+                "leak: base + LoRA, plain prompt": leak, "base, plain prompt": plain}
+        results["group_accuracy"] = {k: group_accuracy(net, meta["label_names"], v, groups)
+                                     for k, v in sets.items() if v is not None}
+        results["evaluator"] = str(args.evaluator)
 
     k = min(args.grid_n, len(names))
     grid = make_grid(targets[:k] + before[:k] + after[:k], cols=k)
@@ -154,6 +187,10 @@ def main(argv=None) -> int:
     for label, m in results["metrics"].items():
         if m:
             print(f"| {label} | {m['mean_saturation']:.3f} | {m['colourful_pixels']:.3f} |")
+    if "group_accuracy" in results:
+        print("\n| images | judged in the emoji's group |\n|---|---|")
+        for label, v in results["group_accuracy"].items():
+            print(f"| {label} | {100 * v:.1f}% |")
     if "train_wall_s" in results:
         print(f"\ntraining: {results['train']['steps']} steps in {results['train_wall_s']} s on {results['train']['device']}")
     print(f"evaluation: {results['eval_wall_s']} s; grid {args.grid}; numbers {args.json}")
