@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -22,8 +23,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="emoji")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--sampler", default="dpmpp_2m")
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--sampler", default=None, help="default: the model's own (latentdiff.json)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's own; must be > 1 for CFG")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
@@ -33,8 +34,13 @@ def main(argv=None):
     from latentdiff.pipelines import TextToImagePipeline
 
     pipe = TextToImagePipeline.from_pretrained(args.model)
+    args.sampler = args.sampler or pipe.defaults.sampler
+    args.guidance = pipe.defaults.guidance_scale if args.guidance is None else args.guidance
+    if args.guidance <= 1.0:
+        raise ValueError(f"--guidance {args.guidance} turns classifier-free guidance off; the target is with CFG (> 1)")
     run = lambda i: pipe("red apple", seed=i, sampler=args.sampler, num_inference_steps=args.steps,  # noqa: E731
                          guidance_scale=args.guidance)
+    load_before = os.getloadavg()
     run(0)  # warm-up: oneDNN kernel selection, allocator
     times = []
     for i in range(args.repeats):
@@ -43,7 +49,8 @@ def main(argv=None):
         times.append(time.perf_counter() - t0)
     result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
               "steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
-              "threads": torch.get_num_threads(), "load_before_after": os.getloadavg(), "torch": torch.__version__}
+              "threads": torch.get_num_threads(), "load_avg_1_5_15min": load_before, "load_avg_after": os.getloadavg(),
+              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     print(json.dumps(result))
     return result
 
