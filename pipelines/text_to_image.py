@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentdiff.config import from_dict
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
 from latentdiff.diffusion import make_timesteps, randn
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
@@ -100,13 +101,9 @@ class TextToImagePipeline(LoraMixin):
         defaults = SamplingDefaults()
         extras = path / LATENTDIFF_FILE
         if extras.exists():
-            raw = json.loads(extras.read_text()).get("defaults", {})
-            unknown = sorted(set(raw) - {f.name for f in fields(SamplingDefaults)})
-            if unknown:
-                raise ValueError(f"{extras}: unknown sampling defaults {unknown}; allowed: "
-                                 f"{', '.join(f.name for f in fields(SamplingDefaults))}")
-            defaults = SamplingDefaults(**raw)
-            defaults.validate()
+            # the same strict loader as the YAML configs: unknown keys, wrong types and values are errors
+            defaults = from_dict(SamplingDefaults, json.loads(extras.read_text()).get("defaults", {}),
+                                 where=f"{extras} defaults")
         pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, defaults, name=str(name_or_path))
         return pipe.to(device)
 

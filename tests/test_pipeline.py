@@ -244,7 +244,7 @@ def test_model_sampling_defaults_are_used_and_checked(tiny_pipeline_dir, tmp_pat
     assert json.loads((tmp_path / "saved" / "latentdiff.json").read_text())["defaults"] == defaults
 
     for bad, match in [({"sampler": "euler"}, "choose one of"), ({"timestep_spacing": "karras"}, "logsnr"),
-                       ({"num_steps": 4}, "unknown sampling defaults")]:
+                       ({"num_steps": 4}, "Unknown config key.*num_steps"), ({"guidance_scale": "high"}, "guidance_scale")]:
         extras.write_text(json.dumps({"defaults": {**defaults, **bad}}))
         with pytest.raises(ValueError, match=match):
             TextToImagePipeline.from_pretrained(folder)
