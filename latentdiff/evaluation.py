@@ -584,11 +584,10 @@ def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor]
     _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
                         guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
                         progress=progress, desc=f"ddim {reference_steps} (reference)")
-    default_spacing = pipe.defaults.timestep_spacing or pipe.scheduler_config.timestep_spacing
     rows = []
     for name in samplers:
         for spacing in spacings:
-            spacing = spacing or default_spacing
+            spacing = spacing or pipe.default_timestep_spacing
             for n in steps:
                 t0 = time.perf_counter()
                 images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name, guidance_scale=guidance_scale,
@@ -892,8 +891,7 @@ def evaluate(args: argparse.Namespace) -> dict:
            "timestep_spacing": args.spacing}
     results["sampling"] = {"sampler": args.sampler or pipe.defaults.sampler,
                            "steps": args.steps or pipe.defaults.num_inference_steps,
-                           "timestep_spacing": args.spacing or pipe.defaults.timestep_spacing
-                           or pipe.scheduler_config.timestep_spacing,
+                           "timestep_spacing": args.spacing or pipe.default_timestep_spacing,
                            "guidance_scale": args.guidance if args.guidance is not None else pipe.defaults.guidance_scale}
     common = {"seed": args.seed, "batch_size": args.batch_size, "progress": progress}
     colour_prompts = default_colour_prompts()[:args.colour_limit]

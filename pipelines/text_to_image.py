@@ -178,6 +178,11 @@ class TextToImagePipeline(LoraMixin):
     def default_size(self) -> int:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
+    @property
+    def default_timestep_spacing(self) -> str:
+        """The model's own spacing (latentdiff.json), else its scheduler config's."""
+        return self.defaults.timestep_spacing or self.scheduler_config.timestep_spacing
+
     # ------------------------------------------------------------------ the unrolled pipeline
 
     @torch.no_grad()
@@ -288,7 +293,7 @@ class TextToImagePipeline(LoraMixin):
             denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
 
         # 4. sample
-        spacing = timestep_spacing or d.timestep_spacing or self.scheduler_config.timestep_spacing
+        spacing = timestep_spacing or self.default_timestep_spacing
         timesteps = make_timesteps(steps, self.scheduler_config.num_train_timesteps, spacing,
                                    self.scheduler_config.steps_offset, self.alphas_cumprod)
         options = {}
