@@ -558,7 +558,8 @@ def add_lora(model: torch.nn.Module, target_modules: Sequence[str], *, rank: int
     """Wrap ``target_modules`` of ``model`` (a diffusers UNet or a transformers CLIPTextModel) in
     trainable peft LoRA layers: A Kaiming-uniform, B = 0, so the model is unchanged at step 0
     (Hu et al. 2021 §4.1). The base weights stay frozen. Returns the LoRA parameters."""
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -572,7 +573,13 @@ def add_lora(model: torch.nn.Module, target_modules: Sequence[str], *, rank: int
     model.requires_grad_(False)
     if seed is not None:
         torch.manual_seed(seed)
-    model.add_adapter(config, adapter_name=adapter_name)  # diffusers/transformers PEFT integration
+    # peft's own API, not diffusers'/transformers' ``add_adapter``: transformers gates its PEFT
+    # integration on a peft version (5.24 asks for peft >= 0.22, newer than PyPI had on 2026-12-01),
+    # and a version gate in a wrapper must not break text-encoder LoRA.
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    for module in model.modules():  # make the new adapter the active one, as add_adapter does
+        if isinstance(module, BaseTunerLayer) and adapter_name in module.lora_A:
+            module.set_adapter(adapter_name)
     params = [p for n, p in model.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
     for p in params:
         p.requires_grad_(True)
