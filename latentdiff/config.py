@@ -143,10 +143,23 @@ def load_config(path: str | os.PathLike, cls: type[T], overrides: dict | None = 
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
+    for name in getattr(cls, "CONFIG_REFERENCES", ()):
+        if isinstance(data.get(name), str):
+            data[name] = resolve_reference(data[name], p)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def resolve_reference(ref: str, config_path: Path) -> str:
+    """A file named inside a config (``model: emoji.yaml``, listed in the class's
+    ``CONFIG_REFERENCES``) is looked up beside that config first, then from the current folder, so
+    the shipped commands work from any working directory."""
+    if not ref or Path(ref).expanduser().is_absolute():
+        return ref
+    beside = config_path.parent / ref
+    return str(beside) if beside.exists() else ref
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

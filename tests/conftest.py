@@ -1,5 +1,11 @@
 import logging
+import os
 from pathlib import Path
+
+# Hermetic: no test may reach the Hub (tests/test_hub.py points the client at its own fake server
+# and switches this off there). Set before any test module imports huggingface_hub, which reads it
+# once at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 

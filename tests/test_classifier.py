@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from latentdiff.denoisers import ClassifierGuidance, EpsFunction
 from latentdiff.diffusion import make_alphas_cumprod, make_timesteps
 from latentdiff.samplers import SAMPLERS
 
+ROOT = Path(__file__).resolve().parents[1]
 AC = make_alphas_cumprod("scaled_linear", 1000, 0.00085, 0.012)
 MU = torch.tensor([[-1.5, 0.0], [1.5, 0.0]], dtype=torch.float64)  # class means μ_k (2-D data)
 S0 = 0.5                                                              # class std s0
@@ -209,7 +211,7 @@ def tiny_pipe():
     from latentdiff.models import ModelConfig
     from latentdiff.pipelines import TextToImagePipeline
 
-    return TextToImagePipeline.from_config(load_config("configs/tiny.yaml", ModelConfig), seed=0)
+    return TextToImagePipeline.from_config(load_config(ROOT / "configs" / "tiny.yaml", ModelConfig), seed=0)
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -277,13 +279,13 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cls")
     _shade_folder(root / "data")
     # as `latentdiff train vae` does: scaling_factor = 1 / std of the latents, so z has unit variance
-    pipe = TextToImagePipeline.from_config(load_config("configs/tiny.yaml", ModelConfig), seed=0)
+    pipe = TextToImagePipeline.from_config(load_config(ROOT / "configs" / "tiny.yaml", ModelConfig), seed=0)
     pixels = torch.stack([it["pixel_values"] for it in build_dataset(str(root / "data"), resolution=32)])
     with torch.no_grad():
         std = pipe.vae.encode(pixels).latent_dist.mean.std()
     pipe.vae.register_to_config(scaling_factor=float(1 / std))
     pipe.save_pretrained(root / "pipe")
-    argv = ["train", "classifier", "--config", "configs/tiny_classifier.yaml", "--vae-from", str(root / "pipe"),
+    argv = ["train", "classifier", "--config", str(ROOT / "configs" / "tiny_classifier.yaml"), "--vae-from", str(root / "pipe"),
             "--dataset", str(root / "data"), "--label-column", "shade", "--output-dir", str(root / "run"),
             "--max-train-steps", "30", "--device", "cpu", "--set", "checkpointing_steps=15",
             "--set", "checkpoints_total_limit=2",

@@ -74,6 +74,16 @@ def _point_client_at(monkeypatch, endpoint: str, home: Path, *, offline: bool = 
     for k, v in attrs.items():
         if hasattr(constants, k):
             monkeypatch.setattr(constants, k, v)
+    # Libraries that copied a constant at import (``from huggingface_hub.constants import
+    # HF_HUB_OFFLINE`` in diffusers' LoRA loader) keep the value the user's environment had:
+    # patch every such copy, so the suite is the same under HF_HUB_OFFLINE=1.
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("diffusers", "transformers", "huggingface_hub", "peft") and module is not None:
+            for k in ("HF_HUB_OFFLINE", "ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+                if k in vars(module) and module is not constants and k in attrs:
+                    monkeypatch.setattr(module, k, attrs[k])
     # The module-level HfApi behind huggingface_hub.model_info & co. (used by diffusers) froze its
     # endpoint at import.
     from huggingface_hub import hf_api

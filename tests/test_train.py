@@ -213,7 +213,7 @@ def test_vae_reconstructs_heldout_emoji_better_than_init(trained_vae):
     from latentdiff.train.common import load_image_data
 
     out, cfg, summary = trained_vae
-    mc = load_config(ROOT / cfg.model, ModelConfig)
+    mc = load_config(cfg.model, ModelConfig)
     torch.manual_seed(cfg.seed)
     init = mc.vae.build(mc.resolution).eval()
     heldout = load_image_data(cfg.data, "test", mc.resolution)

@@ -583,7 +583,7 @@ def check_model_source(model: str, init_from: str) -> None:
         raise ValueError("set exactly one of `model` (a model config YAML such as configs/emoji.yaml, to train from "
                          "scratch) and `init_from` (an existing pipeline folder, to continue from its weights)")
     if model and not Path(model).is_file():
-        raise FileNotFoundError(f"model config {model} not found; the shipped ones are configs/emoji.yaml, "
+        raise FileNotFoundError(f"model config {model} not found (a relative path is looked up beside the training config, then from the current folder); the shipped ones are configs/emoji.yaml, "
                                 "configs/tiny.yaml, configs/sd15.yaml")
     if init_from and not Path(init_from).is_dir():
         raise FileNotFoundError(f"init_from {init_from}: not a folder (expected a pipeline folder with model_index.json)")

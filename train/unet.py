@@ -23,7 +23,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,7 @@ CACHE_VERSION = 1
 
 @dataclass
 class UNetTrainConfig:
+    CONFIG_REFERENCES: ClassVar[tuple[str, ...]] = ("model",)  # resolved beside the config file
     model: str = ""                  # model config YAML (configs/emoji.yaml): U-Net/VAE/text encoder/schedule
     init_from: str = ""              # or a pipeline folder to continue from (all components + schedule)
     vae_from: str = ""               # folder of `latentdiff train vae` (output_dir/vae) or a pipeline; "random" = tests only

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,7 @@ class DiscriminatorConfig:
 
 @dataclass
 class VAETrainConfig:
+    CONFIG_REFERENCES: ClassVar[tuple[str, ...]] = ("model",)  # resolved beside the config file
     model: str = ""                # model config YAML (configs/emoji.yaml): its `vae` section and resolution
     init_from: str = ""            # or a pipeline folder / VAE folder to continue from
     output_dir: str = "runs/vae"
