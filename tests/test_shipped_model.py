@@ -76,4 +76,4 @@ def test_diffusers_loads_the_shipped_folder_and_agrees(emoji_pipe):
     ours = emoji_pipe("red apple", latents=latents.clone(), sampler="ddim", timestep_spacing="trailing",
                       output_type="np", **kw).images[0]
     assert theirs.shape == ours.shape == (64, 64, 3)
-    np.testing.assert_allclose(ours, theirs, atol=2e-3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)  # measured max |Δ| 1.5e-5
