@@ -82,44 +82,106 @@ def max_abs_diff(a: dict, b: dict) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    steps, every = 22, 4  # the last checkpoint is at 22 (always saved at the end)
-    over = {"optim.max_train_steps": steps, "checkpointing_steps": every, "checkpoints_total_limit": 0,
-            "cache_dir": str(tmp_path / "cache")}
-    # uninterrupted reference, in-process
-    train_unet(unet_cfg(tmp_path / "ref", **over))
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it), instead of guessing from the pid."""
+    import socket
 
-    # the same run in a subprocess, SIGKILLed at a random moment after its first checkpoint
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "latentdiff.cli", "train", "unet", *cli_args(out, **over)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not list_checkpoints(out) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(random.uniform(0.0, 0.3))  # kill at a random step (possibly mid-save)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
-    assert not (out / "final").exists()
-    done = list_checkpoints(out)
-    assert done and done[-1][0] < steps
-    killed_at = done[-1][0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    # resume in-process from the newest complete checkpoint
+
+def assert_same_training_state(ref: Path, res: Path, step: int) -> None:
+    """Bit-identical weights, optimizer state and EMA export: resume is exact, not approximately so."""
+    a, b = ref / f"checkpoints/checkpoint-{step}", res / f"checkpoints/checkpoint-{step}"
+    wa, wb = weights(a / "model.safetensors"), weights(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), \
+        f"weights differ after resume: max |Δ| {max_abs_diff(wa, wb):.3e}"
+    oa, ob = (torch.load(c / "optimizer.bin", weights_only=True)["state"] for c in (a, b))
+    assert oa.keys() == ob.keys() and all(
+        torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i]), "optimizer state differs after resume"
+    ea, eb = (weights(r / "final/unet/diffusion_pytorch_model.safetensors") for r in (ref, res))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea), f"EMA export differs: max |Δ| {max_abs_diff(ea, eb):.3e}"
+
+
+RESUME = {"optim.max_train_steps": 22, "checkpointing_steps": 4, "checkpoints_total_limit": 0}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run of the resume tests, in-process, with a shared latent cache."""
+    root = tmp_path_factory.mktemp("resume")
+    over = {**RESUME, "cache_dir": str(root / "cache")}
+    train_unet(unet_cfg(root / "ref", **over))
+    return root, over
+
+
+def resume_and_compare(out: Path, over: dict, ref: Path) -> None:
+    steps = over["optim.max_train_steps"]
     summary = train_unet(unet_cfg(out, **over), resume="latest")
     assert summary["steps"] == steps
-    ref, res = tmp_path / "ref", out
-    raw = max_abs_diff(weights(ref / f"checkpoints/checkpoint-{steps}/model.safetensors"),
-                       weights(res / f"checkpoints/checkpoint-{steps}/model.safetensors"))
-    ema = max_abs_diff(weights(ref / "final/unet/diffusion_pytorch_model.safetensors"),
-                       weights(res / "final/unet/diffusion_pytorch_model.safetensors"))
-    print(f"killed after checkpoint {killed_at}; max |Δ| raw {raw:.2e}, EMA {ema:.2e}")
-    assert raw <= 1e-6 and ema <= 1e-6
+    assert_same_training_state(ref, out, steps)
     # and training did move the weights (the comparison is not vacuous)
-    first = weights(ref / f"checkpoints/checkpoint-{every}/model.safetensors")
+    first = weights(ref / f"checkpoints/checkpoint-{over['checkpointing_steps']}/model.safetensors")
     assert max_abs_diff(first, weights(ref / f"checkpoints/checkpoint-{steps}/model.safetensors")) > 1e-4
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(uninterrupted, tmp_path):
+    root, over = uninterrupted
+    steps = over["optim.max_train_steps"]
+    # the same run in a subprocess, SIGKILLed at a random (seeded, printed) moment after its first checkpoint
+    seed = int.from_bytes(os.urandom(4), "little")
+    delay = random.Random(seed).uniform(0.0, 0.3)
+    print(f"kill delay {delay:.3f} s after the first checkpoint (seed {seed}; reproduce with this delay)")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "latentdiff.cli", "train", "unet", *cli_args(out, **over)]
+    with open(tmp_path / "child.stderr", "w+") as err:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.time() + 240
+            while not list_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)  # kill at a random step (possibly mid-save)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+        err.seek(0)
+        child_log = err.read()[-3000:]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed (rc {proc.returncode}):\n{child_log}"
+    assert not (out / "final").exists()
+    done = list_checkpoints(out)
+    assert done and done[-1][0] < steps, child_log
+    print(f"killed after checkpoint {done[-1][0]}")
+    resume_and_compare(out, over, root / "ref")
+
+
+KILL_IN_SAVE = """
+import os, signal, sys
+import latentdiff.train.common as common
+save_config = common.save_config
+def save_config_then_die(cfg, path):  # inside save_checkpoint: state saved to the temp folder, not renamed yet
+    if ".tmp-checkpoint-{step}" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_config(cfg, path)
+common.save_config = save_config_then_die
+from latentdiff.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_inside_save_checkpoint_resumes_from_the_previous_one(uninterrupted, tmp_path):
+    """A deterministic kill in the middle of writing checkpoint 8 (after accelerate wrote its files,
+    before the rename): checkpoint 4 is the newest complete one, and the resumed run is bit-exact."""
+    root, over = uninterrupted
+    out = tmp_path / "killed"
+    res = subprocess.run([sys.executable, "-c", KILL_IN_SAVE.format(step=8), "train", "unet",
+                          *cli_args(out, **over)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    assert (out / "checkpoints" / ".tmp-checkpoint-8" / "model.safetensors").is_file(), "killed mid-save"
+    assert [s for s, _ in list_checkpoints(out)] == [4]
+    assert resolve_resume(out, "latest") == out / "checkpoints" / "checkpoint-4"
+    resume_and_compare(out, over, root / "ref")
+    assert not (out / "checkpoints" / ".tmp-checkpoint-8").exists()
 
 
 def test_failed_save_leaves_previous_checkpoint_usable(tmp_path):
@@ -154,14 +216,25 @@ def test_failed_save_leaves_previous_checkpoint_usable(tmp_path):
     assert state["step"] == 6 and (out / "checkpoints/checkpoint-6/config.yaml").is_file()
 
 
+def grad_norm(run: Path, step: int) -> float:
+    """The pre-clipping gradient norm of ``step`` (trainer_state.json): AdamW and clipping are blind to
+    a constant gradient scale, so equal weights alone would not catch a 2x accumulation bug."""
+    return json.loads((run / f"checkpoints/checkpoint-{step}/trainer_state.json").read_text())["grad_norm"]
+
+
 def test_gradient_accumulation_matches_larger_batch(tmp_path):
-    """Batch 8 in one step == batch 4 twice accumulated: the global batch is sliced, not re-drawn."""
-    common = {"optim.max_train_steps": 3, "checkpointing_steps": 3, "cache_dir": str(tmp_path / "cache")}
+    """Batch 8 in one step == batch 4 twice accumulated: the global batch is sliced, not re-drawn,
+    and the accumulated gradient is the mean, not the sum."""
+    common = {"optim.max_train_steps": 3, "checkpointing_steps": 1, "checkpoints_total_limit": 0,
+              "cache_dir": str(tmp_path / "cache")}
     train_unet(unet_cfg(tmp_path / "a", **common, **{"optim.batch_size": 8}))
     train_unet(unet_cfg(tmp_path / "b", **common, **{"optim.batch_size": 4, "optim.gradient_accumulation_steps": 2}))
     d = max_abs_diff(weights(tmp_path / "a/checkpoints/checkpoint-3/model.safetensors"),
                      weights(tmp_path / "b/checkpoints/checkpoint-3/model.safetensors"))
     assert d <= 1e-5, d
+    for step in (1, 3):
+        ga, gb = grad_norm(tmp_path / "a", step), grad_norm(tmp_path / "b", step)
+        assert ga > 0 and abs(ga - gb) <= 1e-4 * ga, (step, ga, gb)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,13 +244,14 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path):
 
 def test_two_process_run_matches_one_process(tmp_path):
     steps = 4
-    common = {"optim.max_train_steps": steps, "checkpointing_steps": steps, "cache_dir": str(tmp_path / "cache")}
+    common = {"optim.max_train_steps": steps, "checkpointing_steps": 1, "checkpoints_total_limit": 0,
+              "cache_dir": str(tmp_path / "cache")}
     train_unet(unet_cfg(tmp_path / "one", **common, **{"optim.batch_size": 8}))
     # `--multi_gpu` makes accelerate start torchrun; with --device cpu the processes use gloo
     # (`accelerate launch --cpu --num_processes N` starts the N processes only through mpirun).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(29500 + os.getpid() % 1000),
+           "--main_process_port", str(free_port()),
            "-m", "latentdiff.train.unet", *cli_args(tmp_path / "two", **common, **{"optim.batch_size": 4})]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -189,6 +263,8 @@ def test_two_process_run_matches_one_process(tmp_path):
     d = max_abs_diff(one, weights(ckpt / "model.safetensors"))
     print(f"1 vs 2 processes after {steps} steps: max |Δ| = {d:.2e}")
     assert d <= 1e-5  # fp32 all-reduce sums the two half-batch gradients in another order
+    g1, g2 = grad_norm(tmp_path / "one", 1), grad_norm(tmp_path / "two", 1)
+    assert g1 > 0 and abs(g1 - g2) <= 1e-4 * g1, (g1, g2)  # the all-reduce averages, it does not sum
 
 
 # ----------------------------------------------------------------------------------------------

@@ -469,6 +469,7 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
     bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train unet", dynamic_ncols=True)
     running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+    grad_norm = torch.zeros((), device=device)  # of the summed (accumulated, all-reduced) gradient, before clipping
     while step < o.max_train_steps:
         # randomness of the whole global batch for this step, identical on every process
         g = step_generator(cfg.seed, step, device)
@@ -487,8 +488,8 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
                 loss = diffusion_loss(unet, z0, emb, t[sl], eps[sl], alphas_cumprod, prediction_type,
                                       cfg.min_snr_gamma)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
+                if accelerator.sync_gradients:  # (an infinite max norm only measures)
+                    grad_norm = accelerator.clip_grad_norm_(params, o.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             running += loss.detach() / o.gradient_accumulation_steps
@@ -504,11 +505,13 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
             running.zero_()
             running_n = 0
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
+                             "train/grad_norm": float(grad_norm)}, step=step)
         if cfg.validation_steps and step % cfg.validation_steps == 0:
             validate(cfg, accelerator, comps, unet, text_encoder, ema, heldout, alphas_cumprod, out, step)
         if cfg.checkpointing_steps and (step % cfg.checkpointing_steps == 0 or step == o.max_train_steps):
-            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "epoch": sampler.epoch(step),
+            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "grad_norm": float(grad_norm),
+                                                          "epoch": sampler.epoch(step),
                                                           "wall_time_s": earlier_wall_time + timer.elapsed(),
                                                           "heldout_loss_initial": initial_val},
                             cfg.checkpoints_total_limit)
