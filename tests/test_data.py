@@ -201,6 +201,7 @@ def test_build_cli_help_and_bad_arguments(capsys):
     assert exc.value.code == 0
     assert "example" in capsys.readouterr().out
     assert build_mod.main(["--limit", "0", "--quiet"]) == 2
+    assert "--limit must be positive, got 0" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- emoji training dataset

@@ -381,13 +381,15 @@ def test_auth_errors_never_show_the_token(hub, tmp_path, monkeypatch, capfd, cap
     # The CLI: token from --token-env; a bad one is a clean error, a good one pushes; neither prints it.
     monkeypatch.setenv("MY_HF_TOKEN", BAD_TOKEN)
     assert cli.main(["push", str(folder), "user/cls", "--token-env", "MY_HF_TOKEN"]) == 2
+    bad = capfd.readouterr()
+    assert "error:" in bad.err and "auth" in bad.err and BAD_TOKEN not in bad.err + bad.out
     monkeypatch.setenv("MY_HF_TOKEN", TOKEN)
     assert cli.main(["push", str(folder), "user/cls", "--token-env", "MY_HF_TOKEN", "--private"]) == 0
     assert hub.repos["user/cls"].private
 
     out = capfd.readouterr()  # file-descriptor level: also huggingface_hub's own stderr handler
-    assert "error:" in out.err and "auth" in out.err and "pushed classifier to user/cls" in out.out
-    texts = [out.out, out.err, caplog.text, (folder / "README.md").read_text()]
+    assert "pushed classifier to user/cls" in out.out
+    texts = [bad.out, bad.err, out.out, out.err, caplog.text, (folder / "README.md").read_text()]
     texts += [str(e.value) + repr(e.value) + repr(e.value.__cause__) + repr(e.value.__context__)
               for e in (push_err, pull_err, anon_err)]
     for token in (TOKEN, READ_TOKEN, BAD_TOKEN):

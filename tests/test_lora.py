@@ -327,7 +327,7 @@ def test_rank_layout_mismatch_and_foreign_kohya_keys_are_errors(tmp_path, tiny_p
     assert _no_adapters(tiny_pipe)
 
 
-def test_rank_must_be_positive(tiny_pipe, tmp_path):
+def test_rank_must_be_positive(tiny_pipe, tmp_path, capsys):
     from latentdiff.cli import main
 
     for rank in (0, -2):
@@ -336,6 +336,7 @@ def test_rank_must_be_positive(tiny_pipe, tmp_path):
     assert _no_adapters(tiny_pipe)
     (tmp_path / "img").mkdir()
     assert main(["train", "lora", "--base", "emoji", "--data", str(tmp_path / "img"), "--rank", "0"]) == 2
+    assert "lora.rank must be a positive integer" in capsys.readouterr().err
 
 
 def test_file_errors(tmp_path, lora_files, tiny_pipe):
