@@ -6,6 +6,7 @@ our files (both formats) into the same modules and produce the same image as our
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -469,17 +470,25 @@ def test_training_one_image_leaves_base_bit_identical(trained, tiny_pipeline_dir
     assert fresh.list_loras()[name]["components"] == ["unet", "text_encoder"]
 
 
-@pytest.mark.slow  # two more training runs (~30 s of CPU)
-def test_resume_is_exact(trained):
-    from latentdiff.train import lora as trainer
+def test_resume_is_exact(trained, caplog):
+    """Resume the fixture's own run from its step-2 checkpoint (a copy of the folder, minus the later
+    checkpoint and the export): steps 3-4 again give the bit-identical LoRA, text encoder included."""
+    import shutil
 
-    out = trained["root"] / "resumed"
-    cfg = trained["cfg"]
-    first = dataclasses.replace(cfg, output_dir=str(out), optim=dataclasses.replace(cfg.optim, max_train_steps=2))
-    trainer.train(first)
-    second = dataclasses.replace(cfg, output_dir=str(out))
-    summary = trainer.train(second, resume="latest")
+    from latentdiff.train import lora as trainer
+    from latentdiff.train.common import list_checkpoints
+
+    run, out = trained["root"] / "run", trained["root"] / "resumed"
+    shutil.copytree(run, out)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(out / "final")
+    with caplog.at_level(logging.INFO, logger="latentdiff"):
+        summary = trainer.train(dataclasses.replace(trained["cfg"], output_dir=str(out)), resume="latest")
+    assert summary["steps"] == 4
+    assert "checkpoint-2 at step 2" in caplog.text, "it must continue from step 2, not start again"
     a, b = L.read_lora(trained["summary"]["lora"]).state, L.read_lora(summary["lora"]).state
+    assert any(k.startswith("text_encoder.") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
