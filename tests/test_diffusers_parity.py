@@ -107,3 +107,26 @@ def test_decoded_images_are_diffusers_postprocessing_of_our_latents(tiny_pipe):
     assert out.images.std() > 1e-3
     pil = tiny_pipe(["red apple", "cat"], seed=[0, 1], num_inference_steps=3).images
     np.testing.assert_array_equal(np.stack([np.asarray(p) for p in pil]), (ref * 255).round().astype("uint8"))
+
+
+def test_single_file_pickles_are_refused_before_anything_is_read(tmp_path, tiny_pipeline_dir):
+    """A .ckpt (or .bin/.pt/.pth) single file runs code when unpickled: refused unless allow_pickle,
+    and before diffusers opens it (the file here would run code if it were unpickled)."""
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+
+    for suffix in (".ckpt", ".bin", ".pt", ".pth"):
+        ckpt = tmp_path / f"model{suffix}"
+        ckpt.write_bytes(pickle.dumps({"state_dict": Boom()}))
+        with pytest.raises(ValueError, match="allow_pickle"):
+            TextToImagePipeline.from_single_file(ckpt, config=tiny_pipeline_dir)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TextToImagePipeline.from_single_file(tmp_path / "missing.safetensors", config=tiny_pipeline_dir)
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        TextToImagePipeline.from_single_file(bad, config=tiny_pipeline_dir)
