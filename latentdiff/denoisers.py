@@ -35,20 +35,30 @@ class UNetDenoiser:
 
     Returns ε̂ whatever the network predicts: v-prediction outputs are converted with
     ε̂ = √(1-ᾱ_t) x_t + √ᾱ_t v.
+
+    ``concat`` (B, C', h, w), optional: extra input channels appended to x_t for the network only
+    (a 9-channel inpainting U-Net sees [x_t, mask, masked-image latents], diffusers' layout); it is
+    repeated when guidance batches several copies of x_t.
     """
 
-    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
+                 concat: torch.Tensor | None = None):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
         self.unet = unet
         self.alphas_cumprod = alphas_cumprod.to(torch.float64)
         self.prediction_type = prediction_type
+        self.concat = concat
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *, cond: torch.Tensor, **unet_kwargs) -> torch.Tensor:
         # x: (B, C, h, w) latents; t: (B,) long timesteps; cond: (B, 77, D) text embeddings
         dtype = self.unet.dtype
         t = t if torch.is_tensor(t) else torch.tensor([t] * x.shape[0])
-        out = self.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
+        x_in = x
+        if self.concat is not None:
+            extra = self.concat.to(x.dtype)
+            x_in = torch.cat([x, extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)], dim=1)
+        out = self.unet(x_in.to(dtype), t.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
                         **unet_kwargs)[0].to(x.dtype)
         if self.prediction_type == "v_prediction":
             out = predict_eps_from_v(x, t, out, self.alphas_cumprod)

@@ -12,7 +12,10 @@ Notation as in :mod:`latentdiff.diffusion`; for DPM-Solver, α_t = √ᾱ_t, σ_
 ``generator`` is a torch.Generator or a list with one generator per batch element; noise for
 image i is then drawn from generator i only, so an image does not depend on its batch-mates.
 ``callback``, if given, is called after every step with a dict
-``{"i": step index, "t": timestep, "x": new sample, "denoised": x̂0 of this step}``.
+``{"i": step index, "t": timestep, "x": new sample, "denoised": x̂0 of this step}``; if it returns a
+tensor, that tensor replaces the sample (diffusers' ``callback_on_step_end`` contract: this is how
+inpainting puts the noised known region back after every step, as diffusers' inpaint pipeline does,
+without any sampler knowing about masks).
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ def _t_tensor(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
+def _after_step(callback: Callback, info: dict) -> torch.Tensor:
+    """Report a step; the callback may return a replacement for the sample ``info["x"]``."""
+    if callback is None:
+        return info["x"]
+    out = callback(info)
+    return out if isinstance(out, torch.Tensor) else info["x"]
+
+
 def _steps(timesteps, progress: bool):
     return tqdm(total=len(timesteps), disable=not progress, desc="sampling", leave=False)
 
@@ -91,8 +102,7 @@ def sample_ddpm(
         else:
             x = mean
         bar.update()
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "denoised": x0})
+        x = _after_step(callback, {"i": i, "t": t, "x": x, "denoised": x0})
     bar.close()
     return x
 
@@ -129,8 +139,7 @@ def sample_ddim(
         if eta > 0:
             x = x + sigma * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         bar.update()
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "denoised": x0})
+        x = _after_step(callback, {"i": i, "t": t, "x": x, "denoised": x0})
     bar.close()
     return x
 
@@ -177,10 +186,9 @@ def sample_dpmpp_2m(
         else:
             h = h_of(alpha_s, sigma_s, alpha_t, sigma_t)
             x_new = (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * D
-        x, x0_prev, h_prev = x_new, x0, h
+        x0_prev, h_prev = x0, h
         bar.update()
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "denoised": x0})
+        x = _after_step(callback, {"i": i, "t": t, "x": x_new, "denoised": x0})
     bar.close()
     return x
 

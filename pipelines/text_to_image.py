@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from latentdiff.config import from_dict
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
-from latentdiff.diffusion import make_timesteps, randn
+from latentdiff.diffusion import make_timesteps, q_sample, randn
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
@@ -201,9 +202,38 @@ class TextToImagePipeline(LoraMixin):
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1], (B, 3, H, W): D(z / scaling_factor)."""
+        """Images in [0, 1], (B, 3, H, W): D(z / scaling_factor). A half-precision VAE that overflows
+        to NaN/Inf (diffusers #4325, A1111 #10227) is retried once in fp32, with a warning."""
         z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
+        x = self.vae.decode(z).sample
+        if self.vae.dtype != torch.float32 and not torch.isfinite(x).all():
+            logger.warning("the %s VAE decoded NaN/Inf; decoding again in float32", self.vae.dtype)
+            x = self._vae_fp32().decode(latents.float() / self.vae.config.scaling_factor).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+        """scaling_factor · z with z ~ q(z | x) a posterior sample, image i drawn from generator i
+        (diffusers' ``retrieve_latents(..., sample_mode="sample")``). ``pixels`` (B, 3, H, W) in [-1, 1]."""
+        out = []
+        for i, g in enumerate(generators):
+            x = pixels[i:i + 1].to(self.device, self.vae.dtype)
+            z = self.vae.encode(x).latent_dist.sample(g)
+            if self.vae.dtype != torch.float32 and not torch.isfinite(z).all():
+                logger.warning("the %s VAE encoded NaN/Inf; encoding again in float32", self.vae.dtype)
+                z = self._vae_fp32().encode(x.float()).latent_dist.sample(g)
+            out.append(z.float())
+        return torch.cat(out) * self.vae.config.scaling_factor
+
+    def _vae_fp32(self):
+        import copy
+
+        return copy.deepcopy(self.vae).float()
+
+    def enable_vae_tiling(self, enabled: bool = True) -> None:
+        """Tiled VAE encode/decode (diffusers' ``AutoencoderKL.enable_tiling``): memory grows with the
+        tile, not the image, for large images; seams are blended."""
+        self.vae.enable_tiling() if enabled else self.vae.disable_tiling()
 
     @torch.no_grad()
     def __call__(
@@ -229,28 +259,74 @@ class TextToImagePipeline(LoraMixin):
         class_label: int | str | None = None,
         classifier_scale: float | Callable[[int], float] = 0.0,
         progress: bool = False,
+        image=None,
+        strength: float | None = None,
+        strength_steps: str = "diffusers",
+        mask_image=None,
+        mask_blur: float = 0.0,
+        only_masked: bool = False,
+        only_masked_padding: int = 32,
+        keep_unmasked: bool = False,
+        outpaint: tuple[int, int, int, int] | None = None,
+        hires_scale: float | None = None,
+        hires_strength: float = 0.5,
+        hires_upscaler: str = "latent-bilinear",
+        hires_steps: int | None = None,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
-        image reproducible on its own; ``generator`` is the diffusers-style alternative."""
+        image reproducible on its own; ``generator`` is the diffusers-style alternative.
+
+        From an image (SDEdit, Meng et al. 2022): ``image`` with ``strength`` s ∈ [0, 1] (default
+        0.8) encodes the image, noises it to the first kept timestep and samples from there. Steps
+        (``strength_steps``): ``"diffusers"`` runs the last int(N·s) of the N-step schedule
+        (diffusers' convention); ``"exact"`` runs exactly N steps, the tail of an int(N/s)-step schedule
+        (ComfyUI's denoise). s = 0 returns the encoded-decoded image; s = 1 starts from pure noise
+        (text-to-image; diffusers' img2img instead noises the image to its first timestep).
+
+        Inpainting: ``mask_image`` (white = repaint; default strength 1). A 4-channel U-Net gets the
+        known region back, noised to the next timestep, after every step (diffusers'
+        ``StableDiffusionInpaintPipeline``); a 9-channel inpainting U-Net sees the mask and the
+        masked-image latents as extra input channels. ``mask_blur`` px softens the paste-back;
+        ``keep_unmasked`` pastes the input back where the mask is 0 (those pixels then equal the
+        input exactly); ``only_masked`` works on the mask's bounding box plus
+        ``only_masked_padding`` px at the full working size and pastes the result back.
+        ``outpaint`` = (left, right, top, bottom) px extends the canvas and inpaints the new area.
+
+        Hires fix: ``hires_scale`` generates at the base size, upscales (``hires_upscaler``:
+        latent-bilinear, latent-bicubic, latent-nearest, or lanczos in pixels) and runs
+        image-to-image at ``hires_strength`` (``hires_steps``, default the same N) at the larger size.
+        """
         d = self.defaults
         steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
         sampler = d.sampler if sampler is None else sampler
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
         eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
         sample_fn = get_sampler(sampler)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
         if eta and sampler != "ddim":
             raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
         f = self.vae_scale_factor
-        if height % f or width % f or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        unet_channels = self.unet.config.in_channels
+        latent_channels = self.vae.config.latent_channels
+        inpaint_unet = unet_channels == latent_channels * 2 + 1
+        if unet_channels not in (latent_channels, latent_channels * 2 + 1):
+            raise ValueError(f"the U-Net takes {unet_channels} input channels; expected {latent_channels} "
+                             f"(text-to-image) or {2 * latent_channels + 1} (inpainting)")
+        init = self._prepare_image_inputs(image, mask_image, height, width, strength, strength_steps, mask_blur,
+                                          only_masked, only_masked_padding, keep_unmasked, outpaint, inpaint_unet)
+        if init is not None:
+            height, width, strength = init["height"], init["width"], init["strength"]
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
+        if hires_scale is not None:
+            _check_hires(hires_scale, hires_strength, hires_upscaler, hires_steps, height, width, f)
 
         # 1. prompts -> text embeddings (uncond/negative only when guiding)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -264,8 +340,9 @@ class TextToImagePipeline(LoraMixin):
         negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
         batch = len(prompts)
         cond = self.encode_prompt(prompts)
+        uncond = self.encode_prompt(negatives) if guidance_scale != 1.0 else None
 
-        # 2. initial latents x_T ~ N(0, I), one generator per image when seeded
+        # 2. generators: one per image when seeded
         seeds = None
         if seed is not None:
             if generator is not None:
@@ -274,48 +351,246 @@ class TextToImagePipeline(LoraMixin):
             if len(seeds) != batch:
                 raise ValueError(f"{len(seeds)} seeds for {batch} images")
             generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        shape = (batch, self.unet.config.in_channels, height // f, width // f)
-        if latents is None:
-            latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        per_image = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
+        if len(per_image) != batch:
+            raise ValueError(f"{len(per_image)} generators for {batch} images")
 
-        # 3. the denoiser: UNet adapter, wrapped by CFG and classifier guidance
-        denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type)
-        if guidance_scale == 1.0:
-            denoiser = Conditioned(denoiser, cond)
-        else:
-            denoiser = ClassifierFreeGuidance(denoiser, cond, self.encode_prompt(negatives), guidance_scale,
-                                              guidance_rescale)
-        if classifier is not None:
-            if hasattr(classifier, "check_compatible"):  # latent channels, size and schedule must match
-                classifier.check_compatible(self.unet, latents.shape, self.alphas_cumprod)
-            denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
-
-        # 4. sample
+        # 3. timesteps (the tail of the schedule when starting from an image)
         spacing = timestep_spacing or self.default_timestep_spacing
-        timesteps = make_timesteps(steps, self.scheduler_config.num_train_timesteps, spacing,
-                                   self.scheduler_config.steps_offset, self.alphas_cumprod)
+        timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps)
+        shape = (batch, latent_channels, height // f, width // f)
+
+        # 4. initial latents x_T, in diffusers' order of random draws per image: image posterior, noise,
+        #    masked-image posterior
+        image_latents = mask = concat = None
+        if init is not None and strength == 0.0:  # nothing to denoise: the input through the VAE
+            latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
+            timesteps = timesteps[:0]
+        else:
+            if init is not None and (init["mask"] is not None and not inpaint_unet or strength < 1.0):
+                image_latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
+            if latents is None:
+                latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+            elif tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            noise = latents
+            if init is not None and strength < 1.0:
+                latents = q_sample(image_latents, int(timesteps[0]), noise, self.alphas_cumprod)
+            if init is not None and init["mask"] is not None:
+                mask = F.interpolate(init["mask"], size=shape[-2:]).to(self.device).expand(batch, -1, -1, -1)
+                if inpaint_unet:
+                    masked = init["pixels"] * (init["mask"] < 0.5)
+                    concat = torch.cat([mask, self.encode_images(masked.expand(batch, -1, -1, -1), per_image)], 1)
+                else:
+                    callback = _KnownRegion(image_latents, noise, mask, timesteps, self.alphas_cumprod, callback)
+        if inpaint_unet and concat is None:
+            raise ValueError("this is an inpainting U-Net (9 input channels): pass image= and mask_image=")
+
+        # 5. the denoiser: UNet adapter, wrapped by CFG and classifier guidance; 6. sample
+        denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
+                                  classifier_scale, batch, shape, concat)
         options = {}
         if sampler == "ddim":
             options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one
                        else float(self.alphas_cumprod[0])}
-        latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
-                            progress=progress, **options)
+        if len(timesteps):
+            latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
+                                progress=progress, **options)
 
-        # 5. decode
+        # 7. hires fix: upscale, then image-to-image at the larger size (same prompts, guidance, generators)
+        if hires_scale is not None:
+            height, width = int(height * hires_scale) // f * f, int(width * hires_scale) // f * f
+            if hires_upscaler.startswith("latent-"):
+                big = F.interpolate(latents, size=(height // f, width // f), mode=hires_upscaler[len("latent-"):])
+            else:
+                pils = [Image.fromarray((im * 255).round().astype("uint8"))
+                        for im in self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()]
+                pixels = torch.stack([_to_unit_tensor(p.resize((width, height), Image.Resampling.LANCZOS))
+                                      for p in pils]) * 2 - 1
+                big = self.encode_images(pixels, per_image)
+            hires_ts = self._timesteps(hires_steps or steps, spacing, hires_strength, "diffusers")
+            noise = randn(big.shape, generator=generator, device=self.device, dtype=torch.float32)
+            latents = q_sample(big, int(hires_ts[0]), noise, self.alphas_cumprod) if len(hires_ts) else big
+            if len(hires_ts):
+                big_shape = (batch, latent_channels, height // f, width // f)
+                denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
+                                          classifier_scale, batch, big_shape, None)
+                latents = sample_fn(denoiser, latents, hires_ts, generator=generator, callback=callback,
+                                    progress=progress, **options)
+
+        # 8. decode (and paste back)
         params = [
             {"prompt": p, "negative_prompt": n, "seed": s, "sampler": sampler, "steps": steps, "eta": eta,
              "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
-             "timestep_spacing": spacing}
+             "timestep_spacing": spacing, **(init["params"] if init else {}),
+             **({"hires_scale": hires_scale, "hires_strength": hires_strength, "hires_upscaler": hires_upscaler,
+                 "hires_steps": hires_steps or steps} if hires_scale is not None else {})}
             for p, n, s in zip(prompts, negatives, seeds or [None] * batch)
         ]
         if output_type == "latent":
             return PipelineOutput(latents, latents, params)
         images = self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()
+        if init is not None and init["paste"] is not None:
+            images = init["paste"](images)
         if output_type == "pil":
             images = [Image.fromarray((im * 255).round().astype("uint8")) for im in images]
         return PipelineOutput(images, latents, params)
+
+    # ------------------------------------------------------------------ the steps' helpers
+
+    def _denoiser(self, cond, uncond, guidance_scale, guidance_rescale, classifier, class_label, classifier_scale,
+                  batch, shape, concat):
+        denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type, concat=concat)
+        if guidance_scale == 1.0:
+            denoiser = Conditioned(denoiser, cond)
+        else:
+            denoiser = ClassifierFreeGuidance(denoiser, cond, uncond, guidance_scale, guidance_rescale)
+        if classifier is not None:
+            if hasattr(classifier, "check_compatible"):  # latent channels, size and schedule must match
+                classifier.check_compatible(self.unet, shape, self.alphas_cumprod)
+            denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
+        return denoiser
+
+    def _timesteps(self, steps: int, spacing: str, strength: float, strength_steps: str) -> torch.Tensor:
+        """The N-step schedule, or its tail for image-to-image (see ``__call__``)."""
+        sc = self.scheduler_config
+        if strength_steps == "exact" and 0.0 < strength < 1.0:
+            full = make_timesteps(int(steps / strength), sc.num_train_timesteps, spacing, sc.steps_offset,
+                                  self.alphas_cumprod)
+            return full[-steps:]
+        full = make_timesteps(steps, sc.num_train_timesteps, spacing, sc.steps_offset, self.alphas_cumprod)
+        if strength >= 1.0:
+            return full
+        kept = min(int(steps * strength), steps)
+        if kept < 1 and strength > 0.0:
+            raise ValueError(f"strength {strength} x {steps} steps leaves no step to run (int(N·strength) = 0); "
+                             "raise strength or num_inference_steps, or use strength_steps='exact'")
+        return full[steps - kept:]
+
+    def _prepare_image_inputs(self, image, mask_image, height, width, strength, strength_steps, mask_blur,
+                              only_masked, padding, keep_unmasked, outpaint, inpaint_unet):
+        """All image-to-image/inpainting inputs checked and converted in one place; None without an image."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        from .inputs import blur_mask, outpaint_canvas, to_pil, working_size
+
+        if image is None:
+            if mask_image is not None or outpaint is not None or strength is not None:
+                raise ValueError("mask_image, outpaint and strength need image= (the picture to start from)")
+            return None
+        if strength_steps not in STRENGTH_STEPS:
+            raise ValueError(f"strength_steps must be one of {', '.join(STRENGTH_STEPS)}; got {strength_steps!r}")
+        pil = to_pil(image, "image", "RGB")
+        mask = to_pil(mask_image, "mask_image", "L") if mask_image is not None else None
+        if mask is not None and mask.size != pil.size:
+            raise ValueError(f"mask_image is {mask.width}x{mask.height} px but image is {pil.width}x{pil.height}; "
+                             "they must have the same size")
+        if outpaint is not None:
+            pad = tuple(int(v) for v in outpaint)
+            if len(pad) != 4:
+                raise ValueError(f"outpaint must be (left, right, top, bottom) pixels; got {outpaint!r}")
+            pil, mask = outpaint_canvas(pil, mask, pad)
+        if strength is None:
+            strength = 1.0 if mask is not None else 0.8
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be a number in [0, 1] (0 = keep the image, 1 = ignore it); got {strength!r}")
+        strength = float(strength)
+        f = self.vae_scale_factor
+        params = {"strength": strength, "strength_steps": strength_steps}
+        paste = None
+        if mask is None:
+            if only_masked or keep_unmasked or mask_blur:
+                raise ValueError("only_masked, keep_unmasked and mask_blur need mask_image=")
+            h, w = working_size(pil, f, height, width)
+            pixels = VaeImageProcessor(vae_scale_factor=f).preprocess(pil, height=h, width=w).float()
+            return {"pixels": pixels, "mask": None, "height": h, "width": w, "strength": strength,
+                    "params": params, "paste": None}
+        m = np.asarray(mask)
+        if m.max() < 128:
+            logger.warning("mask_image is all black (nothing to repaint): the result is the image through the VAE")
+        if inpaint_unet is False and m.min() >= 128:
+            logger.info("mask_image is all white: the whole image is repainted (image-to-image at strength %s)", strength)
+        soft = blur_mask(mask, mask_blur)
+        params.update({"mask_blur": mask_blur, "only_masked": only_masked, "keep_unmasked": keep_unmasked,
+                       "outpaint": list(outpaint) if outpaint is not None else None})
+        original = np.asarray(pil, dtype=np.float32) / 255.0
+        alpha_full = np.asarray(soft, dtype=np.float32)[..., None] / 255.0
+        if only_masked:
+            if padding < 0:
+                raise ValueError(f"only_masked_padding must be >= 0 px, got {padding}")
+            h, w = working_size(pil, f, height, width)
+            box = VaeImageProcessor.get_crop_region(mask, w, h, pad=padding)
+            work, work_mask = pil.crop(box), mask.crop(box)
+            params["only_masked_padding"] = padding
+        else:
+            h, w = working_size(pil, f, height, width)
+            box, work, work_mask = None, pil, mask
+            if keep_unmasked and (h, w) != (pil.height, pil.width):
+                raise ValueError(f"keep_unmasked pastes the input back pixel for pixel, so the working size {w}x{h} "
+                                 f"must equal the image's {pil.width}x{pil.height}: leave height/width unset and "
+                                 f"use an image whose sides are multiples of {f}, or use only_masked")
+        pixels = VaeImageProcessor(vae_scale_factor=f).preprocess(work, height=h, width=w).float()
+        mask_t = VaeImageProcessor(vae_scale_factor=f, do_normalize=False, do_binarize=True,
+                                   do_convert_grayscale=True).preprocess(work_mask, height=h, width=w).float()
+        if only_masked or keep_unmasked:
+            def paste(images: np.ndarray) -> np.ndarray:
+                """Generated pixels where the (blurred) mask is white, the input where it is black."""
+                out = []
+                for im in images:
+                    if box is not None:
+                        x1, y1, x2, y2 = box
+                        crop = Image.fromarray((im * 255).round().astype("uint8")).resize(
+                            (x2 - x1, y2 - y1), Image.Resampling.LANCZOS)
+                        full = original.copy()
+                        full[y1:y2, x1:x2] = np.asarray(crop, dtype=np.float32) / 255.0
+                        im = full
+                    out.append(alpha_full * im + (1 - alpha_full) * original)
+                return np.stack(out).astype(np.float32)
+        # sampling runs at (h, w); with only_masked the paste-back returns the input's size
+        return {"pixels": pixels, "mask": mask_t, "height": h, "width": w, "strength": strength,
+                "params": params, "paste": paste}
+
+
+STRENGTH_STEPS = ("diffusers", "exact")
+HIRES_UPSCALERS = ("latent-bilinear", "latent-bicubic", "latent-nearest", "lanczos")
+
+
+def _check_hires(scale, strength, upscaler, steps, height, width, factor) -> None:
+    if not isinstance(scale, (int, float)) or not 1.0 <= float(scale) <= 8.0:
+        raise ValueError(f"hires_scale must be a number in [1, 8] (the upscale factor); got {scale!r}")
+    if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"hires_strength must be in [0, 1] (A1111's denoising strength; 0.5 is usual); got {strength!r}")
+    if upscaler not in HIRES_UPSCALERS:
+        raise ValueError(f"hires_upscaler must be one of {', '.join(HIRES_UPSCALERS)}; got {upscaler!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"hires_steps must be an integer >= 1; got {steps!r}")
+    if int(height * scale) // factor < 1 or int(width * scale) // factor < 1:
+        raise ValueError(f"hires_scale {scale} gives an empty image")
+
+
+def _to_unit_tensor(pil: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+class _KnownRegion:
+    """The sampler callback of inpainting with an ordinary U-Net: after step i the known region
+    (mask 0) becomes the image latents noised to the next timestep, q(x_{t_{i+1}} | z) with the
+    initial noise, or the clean latents after the last step (diffusers' inpaint pipeline). Then the
+    user's callback, if any, sees the blended sample."""
+
+    def __init__(self, image_latents, noise, mask, timesteps, alphas_cumprod, user_callback):
+        self.z, self.noise, self.mask, self.ts = image_latents, noise, mask, [int(t) for t in timesteps]
+        self.ac, self.user = alphas_cumprod, user_callback
+
+    def __call__(self, info: dict) -> torch.Tensor:
+        i, x = info["i"], info["x"]
+        known = q_sample(self.z, self.ts[i + 1], self.noise, self.ac) if i + 1 < len(self.ts) else self.z
+        x = (1 - self.mask) * known.to(x.dtype) + self.mask * x
+        if self.user is not None:
+            out = self.user({**info, "x": x})
+            if isinstance(out, torch.Tensor):
+                x = out
+        return x
 
 
 __all__ = ["TextToImagePipeline", "PipelineOutput", "SAMPLERS"]
