@@ -79,10 +79,9 @@ def test_img2img_strength_endpoints_and_monotonic(tiny_pipe):
 def test_exact_step_convention_runs_n_steps(tiny_pipe):
     seen = {}
     for conv in ("diffusers", "exact"):
-        ts = []
+        seen[conv] = []
         tiny_pipe("x", image=test_image(), strength=0.5, strength_steps=conv, num_inference_steps=6, seed=0,
-                  output_type="latent", callback=lambda d: ts.append(d["t"]))
-        seen[conv] = ts
+                  output_type="latent", callback=lambda d, c=conv: seen[c].append(d["t"]))
     assert len(seen["diffusers"]) == 3 and len(seen["exact"]) == 6
     assert seen["exact"][0] <= 600 and seen["diffusers"][0] <= 600  # both start half-way down the schedule
 
