@@ -56,6 +56,10 @@ def generate_parser() -> argparse.ArgumentParser:
   latentdiff generate "cat face" --lora my_lora.safetensors:0.8
   latentdiff generate "" --classifier runs/cls --class "Food & Drink" --classifier-scale 4
   latentdiff generate --from-png outputs/red_apple-0.png   # regenerate exactly
+  latentdiff generate "blue apple" --image red_apple.png --strength 0.6   # image-to-image
+  latentdiff generate "cat face" --image in.png --mask mask.png --mask-blur 4 --keep-unmasked
+  latentdiff generate "red apple" --image in.png --outpaint 16,16,0,0     # extend the canvas
+  latentdiff generate "red apple" --hires 2 --hires-strength 0.5          # 64 px -> 128 px
 """,
     )
     p.add_argument("prompt", nargs="?", help="the text prompt")
@@ -82,7 +86,58 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled (.bin/.ckpt) weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--from-png", default=None, help="regenerate from the parameters stored in a PNG we wrote")
+    g = p.add_argument_group("image-to-image, inpainting, outpainting, hires fix")
+    g.add_argument("--image", default=None, help="start from this image (image-to-image; SDEdit)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="how much to change --image, 0..1 (default 0.8; 1.0 with --mask)")
+    g.add_argument("--strength-steps", choices=["diffusers", "exact"], default="diffusers",
+                   help="diffusers: int(steps x strength) steps; exact: exactly --steps steps (ComfyUI's denoise)")
+    g.add_argument("--mask", default=None, help="inpainting mask for --image: white = repaint, black = keep")
+    g.add_argument("--mask-blur", type=float, default=0.0, help="blur the mask's edge by this many px")
+    g.add_argument("--keep-unmasked", action="store_true", help="paste the input back where the mask is black")
+    g.add_argument("--only-masked", action="store_true",
+                   help="inpaint only the mask's bounding box (plus --padding) at the full working size")
+    g.add_argument("--padding", type=int, default=32, help="padding in px around the mask for --only-masked")
+    g.add_argument("--outpaint", default=None, metavar="L,R,T,B",
+                   help="extend --image by these many px left,right,top,bottom and paint the new area")
+    g.add_argument("--hires", type=float, default=None, metavar="SCALE",
+                   help="hires fix: generate, upscale by SCALE, then image-to-image at --hires-strength")
+    g.add_argument("--hires-strength", type=float, default=0.5, help="denoising strength of the hires pass")
+    g.add_argument("--hires-upscaler", default="latent-bilinear",
+                   help="latent-bilinear | latent-bicubic | latent-nearest | lanczos")
+    g.add_argument("--hires-steps", type=int, default=None, help="steps of the hires pass (default: --steps)")
+    g.add_argument("--vae-tiling", action="store_true", help="tiled VAE decoding (large images, less memory)")
     return p
+
+
+def _parse_outpaint(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"--outpaint {text!r}: expected four integers L,R,T,B (pixels), e.g. --outpaint 16,16,0,0")
+    return values
+
+
+def _check_input_file(kind: str, recorded: dict, given: str | None) -> str | None:
+    """For --from-png: the init image/mask must be the same file content the PNG was made from."""
+    from latentdiff.pipelines.inputs import file_sha256
+
+    digest = recorded.get(f"{kind}_sha256")
+    if digest is None:
+        return given
+    path = given or recorded.get(kind)
+    flag = "--image" if kind == "image" else "--mask"
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"this PNG was made from {kind} {recorded.get(kind)!r} (sha256 {digest[:12]}...), "
+                                f"which is not there: pass it again with {flag} PATH")
+    if file_sha256(path) != digest:
+        raise ValueError(f"{flag} {path} is not the {kind} this PNG was made from (sha256 differs); pass the "
+                         "original file")
+    return path
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
@@ -123,6 +178,19 @@ def generate(argv: list[str]) -> int:
         if params.get("classifier"):
             args.classifier, args.class_label = params["classifier"], params["class_label"]
             args.classifier_scale = params["classifier_scale"]
+        args.image = _check_input_file("image", params, args.image)
+        args.mask = _check_input_file("mask", params, args.mask)
+        if args.image is not None:
+            args.strength, args.strength_steps = params["strength"], params.get("strength_steps", "diffusers")
+        if args.mask is not None or params.get("outpaint"):
+            args.mask_blur, args.keep_unmasked = params.get("mask_blur", 0.0), params.get("keep_unmasked", False)
+            args.only_masked = params.get("only_masked", False)
+            args.padding = params.get("only_masked_padding", args.padding)
+            args.outpaint = ",".join(str(v) for v in params["outpaint"]) if params.get("outpaint") else None
+        if params.get("hires_scale") is not None:
+            args.hires, args.hires_strength = params["hires_scale"], params["hires_strength"]
+            args.hires_upscaler, args.hires_steps = params["hires_upscaler"], params["hires_steps"]
+            args.height, args.width = params["base_height"], params["base_width"]  # height/width: the hires output
     if args.prompt is None:
         raise ValueError("a prompt is required (use \"\" for an unconditional image), or --from-png FILE")
     if args.num_images < 1:
@@ -143,11 +211,30 @@ def generate(argv: list[str]) -> int:
 
         classifier = load_classifier(args.classifier)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    image_kw = {}
+    if args.image is not None or args.mask is not None or args.outpaint is not None:
+        image_kw = dict(image=args.image, mask_image=args.mask, strength=args.strength,
+                        strength_steps=args.strength_steps, mask_blur=args.mask_blur, only_masked=args.only_masked,
+                        only_masked_padding=args.padding, keep_unmasked=args.keep_unmasked,
+                        outpaint=_parse_outpaint(args.outpaint))
+    elif args.strength is not None:
+        raise ValueError("--strength needs --image (the picture to start from)")
+    if args.hires is not None:
+        image_kw.update(hires_scale=args.hires, hires_strength=args.hires_strength,
+                        hires_upscaler=args.hires_upscaler, hires_steps=args.hires_steps)
     out = pipe(args.prompt, args.negative_prompt, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta,
                guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, height=args.height,
                width=args.width, num_images_per_prompt=args.num_images, seed=seed,
                timestep_spacing=args.spacing, classifier=classifier, class_label=args.class_label,
-               classifier_scale=args.classifier_scale, progress=True)
+               classifier_scale=args.classifier_scale, progress=True, **image_kw)
+    from latentdiff.pipelines.inputs import file_sha256
+
+    files = {}
+    for kind, path in (("image", args.image), ("mask", args.mask)):
+        if path is not None:
+            files.update({kind: str(path), f"{kind}_sha256": file_sha256(path)})
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL.PngImagePlugin import PngInfo
@@ -157,7 +244,7 @@ def generate(argv: list[str]) -> int:
     for image, params in zip(out.images, out.parameters):
         params = {**params, "guidance_rescale": args.guidance_rescale, "lora": args.lora, "model": args.model,
                   "classifier": args.classifier, "class_label": args.class_label,
-                  "classifier_scale": args.classifier_scale}
+                  "classifier_scale": args.classifier_scale, **files}
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params))
         path = out_dir / f"{_slug(args.prompt)}-{params['seed']}.png"

@@ -398,6 +398,7 @@ class TextToImagePipeline(LoraMixin):
                                 progress=progress, **options)
 
         # 7. hires fix: upscale, then image-to-image at the larger size (same prompts, guidance, generators)
+        base_size = (height, width)
         if hires_scale is not None:
             height, width = int(height * hires_scale) // f * f, int(width * hires_scale) // f * f
             if hires_upscaler.startswith("latent-"):
@@ -424,7 +425,8 @@ class TextToImagePipeline(LoraMixin):
              "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
              "timestep_spacing": spacing, **(init["params"] if init else {}),
              **({"hires_scale": hires_scale, "hires_strength": hires_strength, "hires_upscaler": hires_upscaler,
-                 "hires_steps": hires_steps or steps} if hires_scale is not None else {})}
+                 "hires_steps": hires_steps or steps, "base_height": base_size[0], "base_width": base_size[1]}
+                if hires_scale is not None else {})}
             for p, n, s in zip(prompts, negatives, seeds or [None] * batch)
         ]
         if output_type == "latent":
