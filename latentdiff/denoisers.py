@@ -65,15 +65,44 @@ class UNetDenoiser:
         return out
 
 
-class Conditioned:
-    """Bind fixed conditioning to a denoiser (no guidance)."""
+class ScheduledConditioning:
+    """Conditioning that depends on the step (A1111's prompt editing ``[from:to:when]`` and
+    alternation ``[a|b]``): ``runs`` = [(end_step, embeddings), ...], embeddings used for the steps
+    before ``end_step``. The step of a call is read from its level: the number of ``levels`` (the
+    sampler's decreasing timesteps or sigmas) above t, so every sampler gets it without knowing, and
+    a second evaluation at the next level (Heun) already uses the next step's text."""
 
-    def __init__(self, inner, cond: torch.Tensor):
+    def __init__(self, runs: list[tuple[int, torch.Tensor]], levels):
+        shapes = {tuple(c.shape) for _, c in runs}
+        if len(shapes) != 1:
+            raise ValueError(f"scheduled conditionings must share one shape, got {sorted(shapes)}")
+        self.runs = runs
+        self.levels = torch.as_tensor(levels, dtype=torch.float64).flatten()
+        self.shape = runs[0][1].shape
+
+    def at(self, t) -> torch.Tensor:
+        level = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
+        step = int((self.levels > level + 1e-9).sum())
+        for end, cond in self.runs:
+            if step < end:
+                return cond
+        return self.runs[-1][1]
+
+
+def cond_at(cond, t) -> torch.Tensor:
+    """The embeddings to use at level t: ``cond`` itself, or its value at that step when scheduled."""
+    return cond.at(t) if isinstance(cond, ScheduledConditioning) else cond
+
+
+class Conditioned:
+    """Bind fixed (or step-scheduled) conditioning to a denoiser (no guidance)."""
+
+    def __init__(self, inner, cond):
         self.inner, self.cond = inner, cond
         self.alphas_cumprod = inner.alphas_cumprod
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
-        return self.inner(x, t, cond=self.cond, **kw)
+        return self.inner(x, t, cond=cond_at(self.cond, t), **kw)
 
 
 class ClassifierFreeGuidance:
@@ -85,7 +114,7 @@ class ClassifierFreeGuidance:
     With ``scale == 1`` only the conditional half is evaluated.
     """
 
-    def __init__(self, inner, cond: torch.Tensor, uncond: torch.Tensor, scale: float, guidance_rescale: float = 0.0):
+    def __init__(self, inner, cond, uncond, scale: float, guidance_rescale: float = 0.0):
         if cond.shape != uncond.shape:
             raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} embeddings differ in shape")
         self.inner, self.cond, self.uncond = inner, cond, uncond
@@ -93,10 +122,11 @@ class ClassifierFreeGuidance:
         self.alphas_cumprod = inner.alphas_cumprod
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        cond = cond_at(self.cond, t)
         if self.scale == 1.0:
-            return self.inner(x, t, cond=self.cond, **kw)
+            return self.inner(x, t, cond=cond, **kw)
         t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
-        eps_uncond, eps_cond = self.inner(torch.cat([x, x]), t2, cond=torch.cat([self.uncond, self.cond]),
+        eps_uncond, eps_cond = self.inner(torch.cat([x, x]), t2, cond=torch.cat([cond_at(self.uncond, t), cond]),
                                           **kw).chunk(2)
         eps = eps_uncond + self.scale * (eps_cond - eps_uncond)
         if self.guidance_rescale > 0:

@@ -8,9 +8,11 @@ layout (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenize
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,12 +20,26 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.loaders import TextualInversionLoaderMixin
 from PIL import Image
 
 from latentdiff.config import from_dict
-from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
+from latentdiff.denoisers import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    Conditioned,
+    ScheduledConditioning,
+    UNetDenoiser,
+)
 from latentdiff.diffusion import make_timesteps, q_sample, randn
-from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
+from latentdiff.io import (
+    PICKLE_SUFFIXES,
+    atomic_dir,
+    check_safetensors_file,
+    check_weights,
+    replace_shared,
+    resolve_model_dir,
+)
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import SAMPLERS, get_sampler
@@ -42,7 +58,7 @@ class PipelineOutput:
     parameters: list[dict] = field(default_factory=list)  # one dict per image: what regenerates it
 
 
-class TextToImagePipeline(LoraMixin):
+class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     """Latent text-to-image diffusion with a diffusers U-Net/VAE and a CLIP text encoder.
 
     >>> pipe = TextToImagePipeline.from_pretrained("emoji")
@@ -56,8 +72,16 @@ class TextToImagePipeline(LoraMixin):
         self.defaults = defaults or SamplingDefaults()
         self.name = name
         self.alphas_cumprod = scheduler_config.alphas_cumprod()
+        self.prompt_normalization = "a1111"  # how (word:1.3) weights apply: a1111 | comfy | none
+        self.lora_dir: str | None = None     # where <lora:name:w> prompt tags are looked up
         for m in (unet, vae, text_encoder):
             m.eval().requires_grad_(False)
+
+    hf_device_map = None  # (diffusers' TextualInversionLoaderMixin asks; we never shard a pipeline)
+
+    @property
+    def components(self) -> dict:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer}
 
     # ------------------------------------------------------------------ construction and files
 
@@ -187,18 +211,43 @@ class TextToImagePipeline(LoraMixin):
     # ------------------------------------------------------------------ the unrolled pipeline
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP text embeddings (B, 77, D): the last hidden state, as Stable Diffusion uses it.
-        Prompts longer than 77 tokens are truncated, with a warning naming what was cut."""
-        max_len = self.tokenizer.model_max_length
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
-                             return_tensors="pt").input_ids
-        for p in prompts:
-            full = self.tokenizer(p, truncation=False).input_ids
-            if len(full) > max_len:
-                cut = self.tokenizer.decode(full[max_len - 1 : -1])
-                logger.warning("Prompt is longer than %d tokens; this part was truncated: %r", max_len, cut)
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+    def encode_prompt(self, prompts: Sequence[str], normalization: str | None = None,
+                      min_chunks: int = 1) -> torch.Tensor:
+        """CLIP text embeddings (B, 77·k, D), the last hidden state as Stable Diffusion uses it, with
+        A1111 attention syntax and long prompts (:mod:`latentdiff.prompts`): k chunks of 75 tokens,
+        the batch's largest count (at least ``min_chunks``). Textual-inversion tokens are expanded
+        first. A plain prompt of <= 75 tokens gives diffusers' (B, 77, D) exactly."""
+        from latentdiff.prompts import encode_prompts
+
+        texts = [self.maybe_convert_prompt(p, self.tokenizer) for p in prompts]
+        return encode_prompts(self.text_encoder, self.tokenizer, texts,
+                              normalization=normalization or self.prompt_normalization, min_chunks=min_chunks)
+
+    def _conditioning(self, prompts: Sequence[str], levels, normalization: str | None, min_chunks: int = 1):
+        """Embeddings for ``prompts`` over the sampler's ``levels``: a tensor, or a
+        :class:`ScheduledConditioning` when a prompt edits or alternates text between steps."""
+        from latentdiff.prompts import num_chunks, prompt_schedule
+
+        steps = max(len(levels), 1)
+        schedules = [prompt_schedule(p, steps) for p in prompts]
+        texts = {t for sch in schedules for _, t in sch}
+        k = max(min_chunks, *(num_chunks(self.tokenizer, self.maybe_convert_prompt(t, self.tokenizer))
+                              for t in texts))
+        if all(len(sch) == 1 for sch in schedules):
+            return self.encode_prompt([sch[0][1] for sch in schedules], normalization, k)
+        ends = sorted({end for sch in schedules for end, _ in sch})
+        runs = []
+        for end in ends:
+            at = [next(t for e, t in sch if end - 1 < e) for sch in schedules]
+            runs.append((end, self.encode_prompt(at, normalization, k)))
+        return ScheduledConditioning(runs, levels)
+
+    def chunks_needed(self, prompts: Sequence[str], levels) -> int:
+        from latentdiff.prompts import num_chunks, prompt_schedule
+
+        steps = max(len(levels), 1)
+        return max(num_chunks(self.tokenizer, self.maybe_convert_prompt(t, self.tokenizer))
+                   for p in prompts for _, t in prompt_schedule(p, steps))
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -272,6 +321,10 @@ class TextToImagePipeline(LoraMixin):
         hires_strength: float = 0.5,
         hires_upscaler: str = "latent-bilinear",
         hires_steps: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_normalization: str | None = None,
+        lora_dir: str | os.PathLike | None = None,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
         image reproducible on its own; ``generator`` is the diffusers-style alternative.
@@ -295,148 +348,271 @@ class TextToImagePipeline(LoraMixin):
         Hires fix: ``hires_scale`` generates at the base size, upscales (``hires_upscaler``:
         latent-bilinear, latent-bicubic, latent-nearest, or lanczos in pixels) and runs
         image-to-image at ``hires_strength`` (``hires_steps``, default the same N) at the larger size.
+
+        Prompts (:mod:`latentdiff.prompts`): A1111 weights ``(word:1.3)`` applied as
+        ``prompt_normalization`` (default ``pipe.prompt_normalization``, "a1111"), prompts longer
+        than 75 tokens in chunks, ``BREAK``, prompt editing ``[from:to:when]`` and alternation
+        ``[a|b]``, textual-inversion tokens, and ``<lora:name:w>`` tags resolved in ``lora_dir``
+        (default ``pipe.lora_dir``) for this call only. ``prompt_embeds`` /
+        ``negative_prompt_embeds`` (B, 77·k, D) replace the text, as in diffusers.
         """
-        d = self.defaults
-        steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
-        sampler = d.sampler if sampler is None else sampler
-        guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
-        eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
-        sample_fn = get_sampler(sampler)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-        if eta and sampler != "ddim":
-            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
-        f = self.vae_scale_factor
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        unet_channels = self.unet.config.in_channels
-        latent_channels = self.vae.config.latent_channels
-        inpaint_unet = unet_channels == latent_channels * 2 + 1
-        if unet_channels not in (latent_channels, latent_channels * 2 + 1):
-            raise ValueError(f"the U-Net takes {unet_channels} input channels; expected {latent_channels} "
-                             f"(text-to-image) or {2 * latent_channels + 1} (inpainting)")
-        init = self._prepare_image_inputs(image, mask_image, height, width, strength, strength_steps, mask_blur,
-                                          only_masked, only_masked_padding, keep_unmasked, outpaint, inpaint_unet)
-        if init is not None:
-            height, width, strength = init["height"], init["width"], init["strength"]
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
-        if height % f or width % f or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
-        if hires_scale is not None:
-            _check_hires(hires_scale, hires_strength, hires_upscaler, hires_steps, height, width, f)
+        from latentdiff.prompts import extract_lora_tags
 
-        # 1. prompts -> text embeddings (uncond/negative only when guiding)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt is empty: pass a string or a non-empty list of strings")
-        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, (list, tuple)) \
-            else list(negative_prompt)
-        if len(negatives) != len(prompts):
-            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
-        batch = len(prompts)
-        cond = self.encode_prompt(prompts)
-        uncond = self.encode_prompt(negatives) if guidance_scale != 1.0 else None
+        tags: dict[str, float] = {}
+        if prompt_embeds is None:
+            if prompt is None or not (isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
+                                                                 and all(isinstance(p, str) for p in prompt))):
+                raise TypeError(f"prompt must be a string or a list of strings (or pass prompt_embeds=); "
+                                f"got {type(prompt).__name__}")
+            for p in [prompt] if isinstance(prompt, str) else prompt:
+                for name, scale in extract_lora_tags(p)[1]:
+                    if tags.get(name, scale) != scale:
+                        raise ValueError(f"<lora:{name}> appears with weights {tags[name]} and {scale} in one call; "
+                                         "use one weight per LoRA")
+                    tags[name] = scale
+        with self._tagged_loras(tags, lora_dir or self.lora_dir):
+            d = self.defaults
+            steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
+            sampler = d.sampler if sampler is None else sampler
+            guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+            eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
+            sample_fn = get_sampler(sampler)
+            if not isinstance(steps, int) or steps < 1:
+                raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+            if eta and sampler != "ddim":
+                raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
+            f = self.vae_scale_factor
+            if output_type not in OUTPUT_TYPES:
+                raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+            if num_images_per_prompt < 1:
+                raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+            unet_channels = self.unet.config.in_channels
+            latent_channels = self.vae.config.latent_channels
+            inpaint_unet = unet_channels == latent_channels * 2 + 1
+            if unet_channels not in (latent_channels, latent_channels * 2 + 1):
+                raise ValueError(f"the U-Net takes {unet_channels} input channels; expected {latent_channels} "
+                                 f"(text-to-image) or {2 * latent_channels + 1} (inpainting)")
+            init = self._prepare_image_inputs(image, mask_image, height, width, strength, strength_steps, mask_blur,
+                                              only_masked, only_masked_padding, keep_unmasked, outpaint, inpaint_unet)
+            if init is not None:
+                height, width, strength = init["height"], init["width"], init["strength"]
+            height = self.default_size if height is None else height
+            width = self.default_size if width is None else width
+            if height % f or width % f or height <= 0 or width <= 0:
+                raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
+            if hires_scale is not None:
+                _check_hires(hires_scale, hires_strength, hires_upscaler, hires_steps, height, width, f)
 
-        # 2. generators: one per image when seeded
-        seeds = None
-        if seed is not None:
-            if generator is not None:
-                raise ValueError("pass either seed or generator, not both")
-            seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
-            if len(seeds) != batch:
-                raise ValueError(f"{len(seeds)} seeds for {batch} images")
-            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        per_image = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
-        if len(per_image) != batch:
-            raise ValueError(f"{len(per_image)} generators for {batch} images")
+            # 1. the sampler's timesteps (the tail of the schedule when starting from an image)
+            spacing = timestep_spacing or self.default_timestep_spacing
+            timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps)
 
-        # 3. timesteps (the tail of the schedule when starting from an image)
-        spacing = timestep_spacing or self.default_timestep_spacing
-        timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps)
-        shape = (batch, latent_channels, height // f, width // f)
-
-        # 4. initial latents x_T, in diffusers' order of random draws per image: image posterior, noise,
-        #    masked-image posterior
-        image_latents = mask = concat = None
-        if init is not None and strength == 0.0:  # nothing to denoise: the input through the VAE
-            latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
-            timesteps = timesteps[:0]
-        else:
-            if init is not None and (init["mask"] is not None and not inpaint_unet or strength < 1.0):
-                image_latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
-            if latents is None:
-                latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-            elif tuple(latents.shape) != shape:
-                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-            noise = latents
-            if init is not None and strength < 1.0:
-                latents = q_sample(image_latents, int(timesteps[0]), noise, self.alphas_cumprod)
-            if init is not None and init["mask"] is not None:
-                mask = F.interpolate(init["mask"], size=shape[-2:]).to(self.device).expand(batch, -1, -1, -1)
-                if inpaint_unet:
-                    masked = init["pixels"] * (init["mask"] < 0.5)
-                    concat = torch.cat([mask, self.encode_images(masked.expand(batch, -1, -1, -1), per_image)], 1)
-                else:
-                    callback = _KnownRegion(image_latents, noise, mask, timesteps, self.alphas_cumprod, callback)
-        if inpaint_unet and concat is None:
-            raise ValueError("this is an inpainting U-Net (9 input channels): pass image= and mask_image=")
-
-        # 5. the denoiser: UNet adapter, wrapped by CFG and classifier guidance; 6. sample
-        denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
-                                  classifier_scale, batch, shape, concat)
-        options = {}
-        if sampler == "ddim":
-            options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one
-                       else float(self.alphas_cumprod[0])}
-        if len(timesteps):
-            latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
-                                progress=progress, **options)
-
-        # 7. hires fix: upscale, then image-to-image at the larger size (same prompts, guidance, generators)
-        base_size = (height, width)
-        if hires_scale is not None:
-            height, width = int(height * hires_scale) // f * f, int(width * hires_scale) // f * f
-            if hires_upscaler.startswith("latent-"):
-                big = F.interpolate(latents, size=(height // f, width // f), mode=hires_upscaler[len("latent-"):])
+            # 2. prompts -> text embeddings (uncond/negative only when guiding); LoRA tags were applied
+            if prompt_embeds is not None:
+                if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != self.text_encoder.config.hidden_size:
+                    raise ValueError(f"prompt_embeds must be (B, L, {self.text_encoder.config.hidden_size}); "
+                                     f"got {tuple(prompt_embeds.shape)}")
+                prompts = [""] * prompt_embeds.shape[0] if prompt is None else \
+                    ([prompt] if isinstance(prompt, str) else list(prompt))
             else:
-                pils = [Image.fromarray((im * 255).round().astype("uint8"))
-                        for im in self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()]
-                pixels = torch.stack([_to_unit_tensor(p.resize((width, height), Image.Resampling.LANCZOS))
-                                      for p in pils]) * 2 - 1
-                big = self.encode_images(pixels, per_image)
-            hires_ts = self._timesteps(hires_steps or steps, spacing, hires_strength, "diffusers")
-            noise = randn(big.shape, generator=generator, device=self.device, dtype=torch.float32)
-            latents = q_sample(big, int(hires_ts[0]), noise, self.alphas_cumprod) if len(hires_ts) else big
-            if len(hires_ts):
-                big_shape = (batch, latent_channels, height // f, width // f)
-                denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
-                                          classifier_scale, batch, big_shape, None)
-                latents = sample_fn(denoiser, latents, hires_ts, generator=generator, callback=callback,
+                prompts = [extract_lora_tags(p)[0] for p in ([prompt] if isinstance(prompt, str) else list(prompt))]
+            if not prompts:
+                raise ValueError("prompt is empty: pass a string or a non-empty list of strings")
+            negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, (list, tuple)) \
+                else list(negative_prompt)
+            if len(negatives) != len(prompts):
+                raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+            shown = [p for p in ([prompt] if isinstance(prompt, str) else list(prompt or prompts))
+                     for _ in range(num_images_per_prompt)]
+            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+            negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+            batch = len(prompts)
+            if prompt_embeds is not None:
+                cond = prompt_embeds.to(self.device, self.text_encoder.dtype).repeat_interleave(num_images_per_prompt, 0)
+                length = cond.shape[1]
+                if negative_prompt_embeds is not None:
+                    uncond = negative_prompt_embeds.to(cond).repeat_interleave(num_images_per_prompt, 0)
+                elif guidance_scale != 1.0:
+                    uncond = self._conditioning(negatives, timesteps, prompt_normalization, -(-length // 77))
+                else:
+                    uncond = None
+                if uncond is not None and tuple(uncond.shape) != tuple(cond.shape):
+                    raise ValueError(f"negative embeddings {tuple(uncond.shape)} do not match prompt_embeds "
+                                     f"{tuple(cond.shape)}; pass negative_prompt_embeds of the same shape")
+            else:
+                k = self.chunks_needed(prompts + (negatives if guidance_scale != 1.0 else []), timesteps)
+                cond = self._conditioning(prompts, timesteps, prompt_normalization, k)
+                uncond = self._conditioning(negatives, timesteps, prompt_normalization, k) \
+                    if guidance_scale != 1.0 else None
+
+            # 3. generators: one per image when seeded
+            seeds = None
+            if seed is not None:
+                if generator is not None:
+                    raise ValueError("pass either seed or generator, not both")
+                seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+                if len(seeds) != batch:
+                    raise ValueError(f"{len(seeds)} seeds for {batch} images")
+                generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            per_image = list(generator) if isinstance(generator, (list, tuple)) else [generator] * batch
+            if len(per_image) != batch:
+                raise ValueError(f"{len(per_image)} generators for {batch} images")
+
+            shape = (batch, latent_channels, height // f, width // f)
+
+            # 4. initial latents x_T, in diffusers' order of random draws per image: image posterior, noise,
+            #    masked-image posterior
+            image_latents = mask = concat = None
+            if init is not None and strength == 0.0:  # nothing to denoise: the input through the VAE
+                latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
+                timesteps = timesteps[:0]
+            else:
+                if init is not None and (init["mask"] is not None and not inpaint_unet or strength < 1.0):
+                    image_latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
+                if latents is None:
+                    latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+                elif tuple(latents.shape) != shape:
+                    raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+                noise = latents
+                if init is not None and strength < 1.0:
+                    latents = q_sample(image_latents, int(timesteps[0]), noise, self.alphas_cumprod)
+                if init is not None and init["mask"] is not None:
+                    mask = F.interpolate(init["mask"], size=shape[-2:]).to(self.device).expand(batch, -1, -1, -1)
+                    if inpaint_unet:
+                        masked = init["pixels"] * (init["mask"] < 0.5)
+                        concat = torch.cat([mask, self.encode_images(masked.expand(batch, -1, -1, -1), per_image)], 1)
+                    else:
+                        callback = _KnownRegion(image_latents, noise, mask, timesteps, self.alphas_cumprod, callback)
+            if inpaint_unet and concat is None:
+                raise ValueError("this is an inpainting U-Net (9 input channels): pass image= and mask_image=")
+
+            # 5. the denoiser: UNet adapter, wrapped by CFG and classifier guidance; 6. sample
+            denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
+                                      classifier_scale, batch, shape, concat)
+            options = {}
+            if sampler == "ddim":
+                options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one
+                           else float(self.alphas_cumprod[0])}
+            if len(timesteps):
+                latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
                                     progress=progress, **options)
 
-        # 8. decode (and paste back)
-        params = [
-            {"prompt": p, "negative_prompt": n, "seed": s, "sampler": sampler, "steps": steps, "eta": eta,
-             "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
-             "timestep_spacing": spacing, **(init["params"] if init else {}),
-             **({"hires_scale": hires_scale, "hires_strength": hires_strength, "hires_upscaler": hires_upscaler,
-                 "hires_steps": hires_steps or steps, "base_height": base_size[0], "base_width": base_size[1]}
-                if hires_scale is not None else {})}
-            for p, n, s in zip(prompts, negatives, seeds or [None] * batch)
-        ]
-        if output_type == "latent":
-            return PipelineOutput(latents, latents, params)
-        images = self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()
-        if init is not None and init["paste"] is not None:
-            images = init["paste"](images)
-        if output_type == "pil":
-            images = [Image.fromarray((im * 255).round().astype("uint8")) for im in images]
-        return PipelineOutput(images, latents, params)
+            # 7. hires fix: upscale, then image-to-image at the larger size (same prompts, guidance, generators)
+            base_size = (height, width)
+            if hires_scale is not None:
+                height, width = int(height * hires_scale) // f * f, int(width * hires_scale) // f * f
+                if hires_upscaler.startswith("latent-"):
+                    big = F.interpolate(latents, size=(height // f, width // f), mode=hires_upscaler[len("latent-"):])
+                else:
+                    pils = [Image.fromarray((im * 255).round().astype("uint8"))
+                            for im in self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()]
+                    pixels = torch.stack([_to_unit_tensor(p.resize((width, height), Image.Resampling.LANCZOS))
+                                          for p in pils]) * 2 - 1
+                    big = self.encode_images(pixels, per_image)
+                hires_ts = self._timesteps(hires_steps or steps, spacing, hires_strength, "diffusers")
+                noise = randn(big.shape, generator=generator, device=self.device, dtype=torch.float32)
+                latents = q_sample(big, int(hires_ts[0]), noise, self.alphas_cumprod) if len(hires_ts) else big
+                if len(hires_ts):
+                    big_shape = (batch, latent_channels, height // f, width // f)
+                    if isinstance(cond, ScheduledConditioning) or isinstance(uncond, ScheduledConditioning):
+                        k = self.chunks_needed(prompts + (negatives if guidance_scale != 1.0 else []), hires_ts)
+                        cond = self._conditioning(prompts, hires_ts, prompt_normalization, k)
+                        uncond = self._conditioning(negatives, hires_ts, prompt_normalization, k) \
+                            if guidance_scale != 1.0 else None
+                    denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
+                                              classifier_scale, batch, big_shape, None)
+                    latents = sample_fn(denoiser, latents, hires_ts, generator=generator, callback=callback,
+                                        progress=progress, **options)
+
+            # 8. decode (and paste back)
+            params = [
+                {"prompt": p, "negative_prompt": n, "seed": s, "sampler": sampler, "steps": steps, "eta": eta,
+                 "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
+                 "timestep_spacing": spacing, **(init["params"] if init else {}),
+                 **({"hires_scale": hires_scale, "hires_strength": hires_strength, "hires_upscaler": hires_upscaler,
+                     "hires_steps": hires_steps or steps, "base_height": base_size[0], "base_width": base_size[1]}
+                    if hires_scale is not None else {})}
+                for p, n, s in zip(shown, negatives, seeds or [None] * batch)
+            ]
+            if output_type == "latent":
+                return PipelineOutput(latents, latents, params)
+            images = self.decode_latents(latents).permute(0, 2, 3, 1).cpu().numpy()
+            if init is not None and init["paste"] is not None:
+                images = init["paste"](images)
+            if output_type == "pil":
+                images = [Image.fromarray((im * 255).round().astype("uint8")) for im in images]
+            return PipelineOutput(images, latents, params)
+
+    # ------------------------------------------------------------------ prompt extras: LoRA tags, embeddings
+
+    @contextlib.contextmanager
+    def _tagged_loras(self, tags: dict[str, float], lora_dir):
+        """``<lora:name:w>`` tags: load ``name`` from ``lora_dir`` (once; kept loaded) and make it active
+        with weight w for this call; the previous adapters and weights come back afterwards."""
+        if not tags:
+            yield
+            return
+        if lora_dir is None:
+            raise ValueError(f"the prompt has LoRA tags ({', '.join(f'<lora:{n}>' for n in tags)}) but no LoRA folder "
+                             "is set: pass lora_dir= (--lora-dir DIR) or set pipe.lora_dir")
+        root = Path(lora_dir)
+        active = list(self.__dict__.get("_lora_active") or [])
+        scales = {n: a.scale for n, a in self._loras.items()}
+        tagged = []
+        for name, scale in tags.items():
+            adapter = "tag_" + re.sub(r"[^\w-]", "_", name)
+            if adapter not in self._loras:
+                self.load_lora(resolve_in_folder(root, name, LORA_SUFFIXES, "LoRA"), adapter_name=adapter, scale=scale)
+            tagged.append((adapter, scale))
+        names = [n for n in active if n not in dict(tagged)] + [a for a, _ in tagged]
+        self.set_adapters(names, [self._loras[n].scale for n in names[:len(names) - len(tagged)]]
+                          + [w for _, w in tagged])
+        try:
+            yield
+        finally:
+            for n, sc in scales.items():
+                self._loras[n].scale = sc
+            for adapter, _ in tagged:  # adapters loaded for this call stay loaded, switched off
+                if adapter not in scales:
+                    self._loras[adapter].scale = 0.0
+            self._apply_lora_scales(active + [a for a, _ in tagged if a not in active])
+
+    def load_textual_inversion(self, path_or_repo, token: str | None = None, *, allow_pickle: bool = False,
+                               **kwargs) -> list[str]:
+        """Register a textual-inversion embedding (one or several vectors) under ``token``: diffusers'
+        ``learned_embeds.safetensors`` ({token: (n, D)}), A1111/ComfyUI ``.safetensors``
+        (``emb_params``), or, only with ``allow_pickle``, A1111 ``.pt`` (``string_to_param``). The token
+        defaults to the file's own name. Returns the tokens added (``token``, ``token_1``, …)."""
+        token, vectors = read_embedding(path_or_repo, token, allow_pickle=allow_pickle)
+        width = self.text_encoder.get_input_embeddings().weight.shape[-1]
+        if vectors.shape[-1] != width:
+            raise ValueError(f"embedding {token!r} has width {vectors.shape[-1]} but this text encoder's is {width}: "
+                             "it was trained for another model")
+        super().load_textual_inversion(vectors.to(self.text_encoder.dtype), token=token, tokenizer=self.tokenizer,
+                                       text_encoder=self.text_encoder)
+        return [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
+
+    def save_textual_inversion(self, token: str, path: str | os.PathLike, layout: str = "diffusers") -> Path:
+        """Write the vectors of ``token`` (and ``token_1``, …) as diffusers' {token: (n, D)} or A1111's
+        {"emb_params": (n, D)} safetensors file, atomically."""
+        from safetensors.torch import save_file
+
+        vocab = self.tokenizer.get_vocab()
+        if token not in vocab:
+            raise ValueError(f"{token!r} is not a token of this tokenizer; load_textual_inversion() it first")
+        ids = [vocab[token]]
+        while f"{token}_{len(ids)}" in vocab:
+            ids.append(vocab[f"{token}_{len(ids)}"])
+        vectors = self.text_encoder.get_input_embeddings().weight[ids].detach().float().cpu().contiguous()
+        if layout not in ("diffusers", "a1111"):
+            raise ValueError(f"layout must be diffusers or a1111; got {layout!r}")
+        state = {token: vectors} if layout == "diffusers" else {"emb_params": vectors}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(state, str(tmp), metadata={"format": "pt", "token": token, "layout": layout})
+        replace_shared(tmp, path)
+        return path
 
     # ------------------------------------------------------------------ the steps' helpers
 
@@ -551,6 +727,68 @@ class TextToImagePipeline(LoraMixin):
         # sampling runs at (h, w); with only_masked the paste-back returns the input's size
         return {"pixels": pixels, "mask": mask_t, "height": h, "width": w, "strength": strength,
                 "params": params, "paste": paste}
+
+
+LORA_SUFFIXES = (".safetensors",)
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+def resolve_in_folder(root: Path, name: str, suffixes: Sequence[str], kind: str) -> Path:
+    """``name`` (a file stem, or a folder holding diffusers' default file) strictly inside ``root``:
+    no absolute paths, no "..", no symlinks that lead out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{kind} folder {root} not found")
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise ValueError(f"{kind} name {name!r} must be a plain name inside {root} (no absolute path, no '..')")
+    base = root.resolve()
+    candidates = [root / f"{name}{suf}" for suf in suffixes] + [root / name]
+    for c in candidates:
+        if c.exists():
+            real = c.resolve()
+            if base not in real.parents and real != base:
+                raise ValueError(f"{kind} {name!r} points outside {root} (a symlink to {real}); refused")
+            return c
+    known = sorted({p.stem for p in root.iterdir() if p.suffix in suffixes or p.is_dir()})
+    raise FileNotFoundError(f"no {kind} named {name!r} in {root}; available: {', '.join(known) or 'none'}")
+
+
+def read_embedding(source, token: str | None, *, allow_pickle: bool = False) -> tuple[str, torch.Tensor]:
+    """(token, vectors (n, D)) of a textual-inversion file, folder or Hub repo id (see
+    :meth:`TextToImagePipeline.load_textual_inversion`)."""
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if not path.exists():
+        path = resolve_model_dir(str(source), kind="embedding")
+    if path.is_dir():
+        found = [path / n for n in ("learned_embeds.safetensors", "learned_embeds.bin") if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path} holds no learned_embeds.safetensors")
+        path = found[0]
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"{path} is a pickle, which can run arbitrary code when loaded; pass allow_pickle=True "
+                             "(--allow-pickle) if you trust it, or convert it to .safetensors")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        check_safetensors_file(path)
+        state = load_file(str(path))
+    if "string_to_param" in state:           # A1111 .pt
+        vectors, name = state["string_to_param"]["*"], state.get("name") or path.stem
+    elif "emb_params" in state:               # A1111 / ComfyUI .safetensors
+        vectors, name = state["emb_params"], path.stem
+    elif len(state) == 1:                     # diffusers learned_embeds: {token: vectors}
+        name, vectors = next(iter(state.items()))
+    else:
+        raise ValueError(f"{path}: not a textual-inversion embedding (expected one tensor, 'emb_params' or "
+                         f"'string_to_param'; found keys {sorted(state)[:5]})")
+    vectors = vectors.detach().float()
+    if vectors.ndim == 1:
+        vectors = vectors[None]
+    if vectors.ndim != 2 or not torch.isfinite(vectors).all():
+        raise ValueError(f"{path}: embedding must be finite vectors (n, D); got shape {tuple(vectors.shape)}")
+    return token or name, vectors
 
 
 STRENGTH_STEPS = ("diffusers", "exact")
