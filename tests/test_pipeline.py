@@ -1,7 +1,6 @@
 """The text-to-image pipeline: files, interop with diffusers, determinism, errors."""
 
 import json
-import logging
 import shutil
 
 import numpy as np
