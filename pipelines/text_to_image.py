@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +23,16 @@ from PIL import Image
 
 from latentdiff.config import from_dict
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
-from latentdiff.diffusion import make_timesteps, randn
-from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
+from latentdiff.diffusion import TIMESTEP_SPACINGS, make_timesteps, randn
+from latentdiff.errors import MemoryLimitError, NonFiniteError
+from latentdiff.io import (
+    atomic_dir,
+    check_safetensors_file,
+    check_weights,
+    read_json,
+    resolve_device,
+    resolve_model_dir,
+)
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import SAMPLERS, get_sampler
@@ -32,6 +42,75 @@ logger = logging.getLogger("latentdiff")
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 LATENTDIFF_FILE = "latentdiff.json"  # our extras beside model_index.json (sampling defaults)
+# beside a saved pipeline: files our trainers add (replaced with the folder), files we keep (moved over)
+TRAINER_FILES = ("training_config.yaml", "training_summary.json")
+KEPT_FILES = ("README.md", ".gitattributes", ".git")
+MAX_SEED = 2**63 - 1
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can get now: free GPU memory, or the kernel's MemAvailable on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown platform: do not refuse
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_number(name: str, value, lo: float | None = None, hi: float | None = None) -> None:
+    """``value`` is a finite real number in [lo, hi]: else a message naming ``name``."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+
+
+def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _check_texts(name: str, value, allow_none: bool) -> None:
+    """A string or a non-empty list/tuple of strings; TypeError naming the argument and the bad item."""
+    if value is None and allow_none or isinstance(value, str):
+        return
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} is an empty list: pass a string or a non-empty list of strings")
+        bad = [(i, v) for i, v in enumerate(value) if not isinstance(v, str)]
+        if bad:
+            i, v = bad[0]
+            raise TypeError(f"{name}[{i}] must be a string, got {type(v).__name__} {v!r}")
+        return
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__} {value!r}")
+
+
+def nonfinite_parameters(module: torch.nn.Module, limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) parameters/buffers holding NaN or Inf."""
+    bad = []
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
 
 
 @dataclass
@@ -76,6 +155,7 @@ class TextToImagePipeline(LoraMixin):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        device = resolve_device(device)  # an unusable device fails before minutes of loading
         path = resolve_model_dir(name_or_path, revision=revision)
         if path.is_file():
             raise ValueError(f"{path} is a single file; load single-file checkpoints with "
@@ -97,12 +177,14 @@ class TextToImagePipeline(LoraMixin):
                                                      use_safetensors=use_safetensors)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         sched_file = path / "scheduler" / "scheduler_config.json"
-        scheduler_config = SchedulerConfig.from_diffusers(json.loads(sched_file.read_text()))
+        if not sched_file.is_file():
+            raise FileNotFoundError(f"{sched_file} is missing; the pipeline folder {path} is incomplete")
+        scheduler_config = SchedulerConfig.from_diffusers(read_json(sched_file, "the scheduler config"))
         defaults = SamplingDefaults()
         extras = path / LATENTDIFF_FILE
         if extras.exists():
             # the same strict loader as the YAML configs: unknown keys, wrong types and values are errors
-            defaults = from_dict(SamplingDefaults, json.loads(extras.read_text()).get("defaults", {}),
+            defaults = from_dict(SamplingDefaults, read_json(extras, "the sampling defaults").get("defaults", {}),
                                  where=f"{extras} defaults")
         pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, defaults, name=str(name_or_path))
         return pipe.to(device)
@@ -129,10 +211,12 @@ class TextToImagePipeline(LoraMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
         """Write the diffusers folder layout (safetensors only), atomically. ``dtype=torch.float16``
-        stores half-precision weights (the shipped model)."""
+        stores half-precision weights (the shipped model). An existing folder is replaced only if it
+        holds nothing but a pipeline we wrote (a README.md model card is kept); a folder with anyone
+        else's files is refused before anything is written over it."""
         import diffusers
 
-        with atomic_dir(save_directory) as tmp:
+        with atomic_dir(save_directory, also_ours=TRAINER_FILES, keep=KEPT_FILES) as tmp:
             for name in ("unet", "vae", "text_encoder"):
                 module = getattr(self, name)
                 if dtype is None or module.dtype == dtype:
@@ -162,6 +246,7 @@ class TextToImagePipeline(LoraMixin):
             (tmp / LATENTDIFF_FILE).write_text(json.dumps({"defaults": asdict(self.defaults)}, indent=2))
 
     def to(self, device: str | torch.device) -> "TextToImagePipeline":
+        device = resolve_device(device)
         for m in (self.unet, self.vae, self.text_encoder):
             m.to(device)
         return self
@@ -201,9 +286,137 @@ class TextToImagePipeline(LoraMixin):
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1], (B, 3, H, W): D(z / scaling_factor)."""
+        """Images in [0, 1], (B, 3, H, W): D(z / scaling_factor). A decode with NaN/Inf raises
+        :class:`NonFiniteError` (clamping would turn it into a black or white image)."""
         z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
+        x = self.vae.decode(z).sample.float()
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(self._nonfinite_cause("the decoded images"))
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ checks, in one place
+
+    def check_inputs(self, prompt, negative_prompt, *, steps, sampler, eta, guidance_scale, guidance_rescale, height,
+                     width, num_images_per_prompt, seed, generator, latents, output_type, callback,
+                     timestep_spacing, classifier, class_label, classifier_scale) -> None:
+        """Every argument of a call, before any work (diffusers' ``check_inputs``): types, finite
+        numbers in range, and options that would do nothing. The CLI, the Python API and anything
+        built on them get the same messages."""
+        _check_texts("prompt", prompt, allow_none=False)
+        _check_texts("negative_prompt", negative_prompt, allow_none=True)
+        get_sampler(sampler)
+        T = self.scheduler_config.num_train_timesteps
+        _check_int("num_inference_steps", steps, 1, T)
+        _check_number("guidance_scale", guidance_scale)
+        _check_number("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        _check_number("eta", eta, 0.0, 1.0)
+        if eta and sampler != "ddim":
+            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
+        _check_int("height", height)
+        _check_int("width", width)
+        f = self.vae_scale_factor
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
+        _check_int("num_images_per_prompt", num_images_per_prompt)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+        if seed is not None:
+            for i, s in enumerate([seed] if not isinstance(seed, (list, tuple)) else seed):
+                _check_int("seed" if not isinstance(seed, (list, tuple)) else f"seed[{i}]", s, 0, MAX_SEED)
+        if generator is not None and not isinstance(generator, (torch.Generator, list, tuple)):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor):
+                raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise NonFiniteError("latents contain NaN or Inf (or are not floating point); pass finite "
+                                     "initial noise, or latents=None to draw it")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}")
+        if not callable(classifier_scale):
+            _check_number("classifier_scale", classifier_scale)
+        # options that would be silently ignored
+        if classifier is None and class_label is not None:
+            raise ValueError(f"class_label={class_label!r} needs a classifier (classifier=..., --classifier DIR); "
+                             "without one it would be ignored")
+        if classifier is None and (callable(classifier_scale) or classifier_scale):
+            raise ValueError("classifier_scale needs a classifier (classifier=..., --classifier DIR); without one it "
+                             "would be ignored")
+        if classifier is not None and class_label is None:
+            raise ValueError("a classifier needs class_label (--class NAME or index): the class to guide towards")
+        if guidance_scale == 1.0 and guidance_rescale:
+            raise ValueError(f"guidance_rescale={guidance_rescale} has no effect with guidance_scale=1 (no "
+                             "classifier-free guidance); drop it or set guidance_scale > 1")
+        if guidance_scale == 1.0 and negative_prompt:
+            raise ValueError("negative_prompt has no effect with guidance_scale=1 (no classifier-free guidance); "
+                             "drop it or set guidance_scale > 1")
+
+    def estimate_memory(self, batch: int, height: int, width: int, guided: bool = True) -> dict[str, int]:
+        """Rough peak bytes of one call, by stage: the U-Net's activations (and attention scores where
+        they are materialised) at the batch it runs (2x with classifier-free guidance), and the VAE
+        decoder's full-resolution activations (per tile when ``vae.enable_tiling()`` is on). An
+        estimate, meant to refuse what cannot fit, not to predict to the byte."""
+        f = self.vae_scale_factor
+        item = torch.finfo(self.unet.dtype).bits // 8
+        h, w = height // f, width // f
+        b = batch * (2 if guided else 1)
+        uc = self.unet.config
+        unet_bytes, attn_bytes = 0, 0
+        sdpa = all(type(p).__name__ in ("AttnProcessor2_0", "XFormersAttnProcessor")
+                   for p in getattr(self.unet, "attn_processors", {}).values())
+        heads = uc.attention_head_dim if isinstance(uc.attention_head_dim, int) else max(uc.attention_head_dim)
+        for i, (c, kind) in enumerate(zip(uc.block_out_channels, uc.down_block_types)):
+            n = (h >> i) * (w >> i)
+            unet_bytes += 10 * b * c * n * item  # resnet temporaries and the skip connections kept for the up path
+            if "CrossAttn" in kind:
+                per = n * (c // heads) * 4 if sdpa else n * n  # q, k, v, out per head vs. the score matrix
+                attn_bytes = max(attn_bytes, b * heads * per * item)
+        vc = self.vae.config
+        H, W = height, width
+        if getattr(self.vae, "use_tiling", False):
+            tile = int(getattr(self.vae, "tile_sample_min_size", 512))
+            H, W = min(H, tile), min(W, tile)
+        vae_bytes = 8 * batch * max(c * (H >> j) * (W >> j) for j, c in enumerate(vc.block_out_channels)) * item
+        vae_attn = batch * (H // f) * (W // f) * (H // f) * (W // f) * item if not sdpa else 0
+        return {"unet": unet_bytes + attn_bytes, "vae_decode": vae_bytes + vae_attn}
+
+    def check_memory(self, batch: int, height: int, width: int, guided: bool = True) -> None:
+        """:class:`MemoryLimitError` when :meth:`estimate_memory` exceeds the device's available memory."""
+        est = self.estimate_memory(batch, height, width, guided)
+        need = max(est.values())  # the stages run one after the other
+        have = available_memory(self.device)
+        if need <= have:
+            return
+        gib = 2**30
+        tiled = getattr(self.vae, "use_tiling", False)
+        hint = ""
+        if est["vae_decode"] > have and not tiled:
+            hint = " The VAE decode would fit in tiles: pipe.vae.enable_tiling() (--vae-tiling)."
+        raise MemoryLimitError(
+            f"{batch} image(s) of {height}×{width} need about {need / gib:.1f} GiB on {self.device} (U-Net "
+            f"{est['unet'] / gib:.1f} GiB, VAE decode {est['vae_decode'] / gib:.1f} GiB) but only "
+            f"{have / gib:.1f} GiB is available: lower height/width or the number of images.{hint} "
+            "If you know your machine, check_memory=False (--no-memory-check) skips this check.")
+
+    def _nonfinite_cause(self, what: str, cond: torch.Tensor | None = None, guidance_scale: float | None = None,
+                         eta: float | None = None) -> str:
+        """Why ``what`` holds NaN/Inf: the first module with non-finite weights, else the embeddings, else
+        the numbers of the call."""
+        for name in ("text_encoder", "unet", "vae"):
+            bad = nonfinite_parameters(getattr(self, name))
+            if bad:
+                return (f"{what} contain NaN/Inf because the {name} weights do ({', '.join(bad)}): the model files "
+                        f"of {self.name or 'this pipeline'} are corrupt; re-download or re-save them")
+        if cond is not None and not torch.isfinite(cond).all():
+            return f"{what} contain NaN/Inf: the text embeddings are not finite (text encoder of {self.name})"
+        if guidance_scale is None:
+            return f"{what} contain NaN/Inf: the VAE decode overflowed (latents out of range?)"
+        return (f"{what} contain NaN/Inf: sampling diverged (guidance_scale={guidance_scale}, eta={eta}); "
+                "lower guidance_scale, or try another sampler or more steps")
 
     @torch.no_grad()
     def __call__(
@@ -229,9 +442,15 @@ class TextToImagePipeline(LoraMixin):
         class_label: int | str | None = None,
         classifier_scale: float | Callable[[int], float] = 0.0,
         progress: bool = False,
+        check_memory: bool = True,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
-        image reproducible on its own; ``generator`` is the diffusers-style alternative."""
+        image reproducible on its own; ``generator`` is the diffusers-style alternative.
+
+        Every argument is checked first (:meth:`check_inputs`), and the memory the call needs is
+        estimated against what the device has (:meth:`check_memory`; ``check_memory=False`` skips
+        it). NaN or Inf in the latents or the decoded images stop with :class:`NonFiniteError`
+        naming the cause, instead of returning a black image."""
         d = self.defaults
         steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
         sampler = d.sampler if sampler is None else sampler
@@ -239,23 +458,20 @@ class TextToImagePipeline(LoraMixin):
         eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
+        self.check_inputs(prompt, negative_prompt, steps=steps, sampler=sampler, eta=eta,
+                          guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, height=height, width=width,
+                          num_images_per_prompt=num_images_per_prompt, seed=seed, generator=generator,
+                          latents=latents, output_type=output_type, callback=callback,
+                          timestep_spacing=timestep_spacing, classifier=classifier, class_label=class_label,
+                          classifier_scale=classifier_scale)
         sample_fn = get_sampler(sampler)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-        if eta and sampler != "ddim":
-            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
         f = self.vae_scale_factor
-        if height % f or width % f or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if check_memory:
+            n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+            self.check_memory(n_prompts * num_images_per_prompt, height, width, guided=guidance_scale != 1.0)
 
         # 1. prompts -> text embeddings (uncond/negative only when guiding)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt is empty: pass a string or a non-empty list of strings")
         negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, (list, tuple)) \
             else list(negative_prompt)
         if len(negatives) != len(prompts):
@@ -279,6 +495,8 @@ class TextToImagePipeline(LoraMixin):
             latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        else:
+            latents = latents.to(self.device, torch.float32)
 
         # 3. the denoiser: UNet adapter, wrapped by CFG and classifier guidance
         denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type)
@@ -302,6 +520,8 @@ class TextToImagePipeline(LoraMixin):
                        else float(self.alphas_cumprod[0])}
         latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
                             progress=progress, **options)
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(self._nonfinite_cause("the sampled latents", cond, guidance_scale, eta))
 
         # 5. decode
         params = [
