@@ -1,0 +1,355 @@
+"""Bad input, the campaign of issue 12: nothing lost, nothing silent, one line per error.
+
+Each test is one class of bad or unlucky input (docs/bad_input.md lists them with what the user
+sees). Error tests match the message, not only the exit code; data-loss tests check the bytes
+that must survive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentdiff.cli import PNG_KEY, main
+from latentdiff.errors import MemoryLimitError, NonFiniteError, OutputExistsError
+from latentdiff.pipelines import TextToImagePipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "2"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_error_line(err: str) -> str:
+    """The single ``error: ...`` line the CLI printed (progress bars aside), never a traceback."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- data loss
+
+
+def test_save_pretrained_refuses_a_folder_with_someone_elses_files(tiny_pipe, tmp_path):
+    target = tmp_path / "p"
+    target.mkdir()
+    (target / "thesis.txt").write_text("four years of work")
+    with pytest.raises(OutputExistsError, match=r"p already holds files latentdiff did not write \(thesis.txt\)"):
+        tiny_pipe.save_pretrained(target)
+    assert (target / "thesis.txt").read_text() == "four years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"], "no temporary folder left behind"
+    assert sorted(p.name for p in target.iterdir()) == ["thesis.txt"]
+
+
+def test_save_pretrained_replaces_its_own_folder_and_keeps_the_model_card(tiny_pipe, tmp_path):
+    target = tmp_path / "p"
+    tiny_pipe.save_pretrained(target)
+    (target / "README.md").write_text("my notes about this model")
+    (target / "training_summary.json").write_text("{}")  # written by our trainers beside the pipeline
+    tiny_pipe.save_pretrained(target)
+    assert (target / "README.md").read_text() == "my notes about this model"
+    assert not (target / "training_summary.json").exists()
+    TextToImagePipeline.from_pretrained(target)
+
+
+def test_save_pretrained_onto_a_file_is_refused(tiny_pipe, tmp_path):
+    f = tmp_path / "model"
+    f.write_text("not a folder")
+    with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+        tiny_pipe.save_pretrained(f)
+    assert f.read_text() == "not a folder"
+
+
+def test_generate_never_overwrites_an_earlier_image(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc, first, _ = run(capsys, "generate", "red apple", "--model", tiny_pipeline_dir, "--seed", 0, "--grid",
+                       "--out", out, *FAST)
+    assert rc == 0
+    apple, grid = [Path(p) for p in first.split()]
+    before = apple.read_bytes(), grid.read_bytes()
+    rc, second, _ = run(capsys, "generate", "Red Apple!", "--model", tiny_pipeline_dir, "--seed", 0, "--grid",
+                        "--out", out, "--guidance", 2, *FAST)
+    assert rc == 0
+    apple2, grid2 = [Path(p) for p in second.split()]
+    assert (apple.name, grid.name) == ("red_apple-0.png", "grid.png")
+    assert (apple2.name, grid2.name) == ("red_apple-0-1.png", "grid-1.png"), "every file printed where it went"
+    assert (apple.read_bytes(), grid.read_bytes()) == before
+    assert json.loads(Image.open(apple2).text[PNG_KEY])["prompt"] == "Red Apple!"
+
+
+def test_exclusive_png_save_refuses_a_taken_name(tmp_path):
+    from latentdiff.images import save_png_atomic
+
+    p = tmp_path / "a.png"
+    p.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        save_png_atomic(Image.new("RGB", (2, 2)), p, exclusive=True)
+    assert p.read_bytes() == b"precious"
+    assert [x.name for x in tmp_path.iterdir()] == ["a.png"]
+
+
+# ---------------------------------------------------------------------------------------------- silent wrong results
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--guidance", "inf", "guidance_scale must be a finite number, got inf"),
+    ("--guidance", "nan", "guidance_scale must be a finite number, got nan"),
+    ("--eta", "nan", "eta must be a finite number, got nan"),
+    ("--eta", "2", r"eta must be in \[0.0, 1.0\], got 2.0"),
+    ("--guidance-rescale", "1.5", r"guidance_rescale must be in \[0.0, 1.0\]"),
+    ("--steps", "5000", r"num_inference_steps must be an integer in \[1, 1000\], got 5000"),
+    ("--seed", "-1", r"seed must be an integer in \[0, 9223372036854775807\], got -1"),
+])
+def test_non_finite_or_out_of_range_numbers_are_refused(tiny_pipeline_dir, tmp_path, capsys, flag, value, match):
+    extra = ["--sampler", "ddim"] if flag == "--eta" else []
+    rc, out, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, *FAST, flag, value,
+                       *extra)
+    assert rc == 2 and out == ""
+    assert re.search(match, one_error_line(err)), err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_nan_latents_are_refused(tiny_pipe):
+    lat = torch.full((1, 4, 16, 16), float("nan"))
+    with pytest.raises(NonFiniteError, match="latents contain NaN or Inf"):
+        tiny_pipe("x", latents=lat, num_inference_steps=2)
+
+
+def test_corrupted_weights_stop_with_the_component_named(tiny_pipeline_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    f = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(f))
+    sd["conv_in.weight"][0, 0, 0, 0] = float("nan")  # one flipped weight, as from a bad copy
+    save_file(sd, str(f))
+    rc, out, err = run(capsys, "generate", "x", "--model", folder, "--out", tmp_path / "o", *FAST)
+    assert rc == 2
+    assert "the unet weights do (conv_in.weight)" in one_error_line(err) and "corrupt" in err
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == [], "no black PNG"
+
+
+def test_a_vae_that_overflows_is_an_error_not_a_white_image(tiny_pipe):
+    with torch.no_grad():
+        tiny_pipe.vae.decoder.conv_out.bias.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match="vae weights do"):
+        tiny_pipe("x", num_inference_steps=2, seed=0)
+
+
+def test_from_png_explicit_options_win(tiny_pipeline_dir, tmp_path, capsys):
+    rc, out, _ = run(capsys, "generate", "red apple", "--model", tiny_pipeline_dir, "--seed", 3, "--out",
+                     tmp_path / "a", "--steps", 2)
+    png = Path(out.split()[0])
+    rc, out, _ = run(capsys, "generate", "blue heart", "--from-png", png, "--steps", 3, "--out", tmp_path / "b")
+    assert rc == 0
+    params = json.loads(Image.open(out.split()[0]).text[PNG_KEY])
+    assert params["prompt"] == "blue heart" and params["steps"] == 3, "explicit options win"
+    assert params["seed"] == 3 and params["model"] == str(tiny_pipeline_dir), "the PNG fills the rest"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--class", "Food"], "--class and --classifier-scale need --classifier DIR"),
+    (["--classifier-scale", "3"], "--class and --classifier-scale need --classifier DIR"),
+    (["--guidance", "1", "--negative-prompt", "blurry"], "negative_prompt has no effect with guidance_scale=1"),
+    (["--guidance", "1", "--guidance-rescale", "0.7"], "guidance_rescale=0.7 has no effect with guidance_scale=1"),
+    (["--revision", "v2"], "--revision v2 applies to Hub repo ids only"),
+])
+def test_options_that_would_do_nothing_are_errors(tiny_pipeline_dir, tmp_path, capsys, argv, match):
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, *argv, *FAST)
+    assert rc == 2 and match in one_error_line(err)
+
+
+def test_api_class_label_without_classifier(tiny_pipe):
+    with pytest.raises(ValueError, match="class_label='Food' needs a classifier"):
+        tiny_pipe("x", class_label="Food", num_inference_steps=2)
+
+
+# ---------------------------------------------------------------------------------------------- resource limits
+
+
+def test_image_too_large_for_memory_is_refused_before_allocating(tiny_pipe, monkeypatch, capsys, tiny_pipeline_dir,
+                                                                 tmp_path):
+    monkeypatch.setattr("latentdiff.pipelines.text_to_image.available_memory", lambda device: 2**30)
+    with pytest.raises(MemoryLimitError, match=r"1 image\(s\) of 8192×8192 need about .* GiB on cpu .* only 1.0 GiB "
+                                               r"is available.*--vae-tiling.*--no-memory-check"):
+        tiny_pipe("x", height=8192, width=8192, num_inference_steps=2)
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, "--height", 8192,
+                     "--width", 8192, *FAST)
+    assert rc == 2 and "need about" in one_error_line(err)
+
+
+def test_memory_estimate_grows_with_size_and_tiling_bounds_the_decode(tiny_pipe):
+    small, large = tiny_pipe.estimate_memory(1, 64, 64), tiny_pipe.estimate_memory(1, 1024, 1024)
+    assert large["unet"] >= 200 * small["unet"] and large["vae_decode"] >= 200 * small["vae_decode"]
+    tiny_pipe.vae.enable_tiling()
+    try:
+        tiled = tiny_pipe.estimate_memory(1, 4096, 4096)["vae_decode"]
+        assert tiled == tiny_pipe.estimate_memory(1, tiny_pipe.vae.tile_sample_min_size,
+                                                  tiny_pipe.vae.tile_sample_min_size)["vae_decode"]
+    finally:
+        tiny_pipe.vae.disable_tiling()
+
+
+def test_memory_check_override(tiny_pipe, monkeypatch):
+    monkeypatch.setattr("latentdiff.pipelines.text_to_image.available_memory", lambda device: 1)
+    with pytest.raises(MemoryLimitError):
+        tiny_pipe("x", num_inference_steps=1, output_type="latent")
+    assert tiny_pipe("x", num_inference_steps=1, output_type="latent", check_memory=False).latents.shape[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------- one-line errors
+
+
+def test_out_that_is_a_file_fails_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    f = tmp_path / "taken"
+    f.write_text("x")
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load before --out is checked")
+
+    monkeypatch.setattr(TextToImagePipeline, "from_pretrained", no_load)
+    rc, _, err = run(capsys, "generate", "x", "--out", f)
+    assert rc == 2 and f"--out {f} is a file, not a folder" in one_error_line(err)
+    rc, _, err = run(capsys, "generate", "x", "--out", f / "sub")
+    assert rc == 2 and "a part of this path is a file" in one_error_line(err)
+
+
+def test_out_that_is_read_only_fails_before_sampling(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def read_only(*a, dir=None, **k):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # (tests run as root, where chmod does not bite)
+    monkeypatch.setattr(TextToImagePipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    rc, _, err = run(capsys, "generate", "x", "--out", tmp_path / "ro")
+    assert rc == 2 and "is not writable (Permission denied)" in one_error_line(err)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is not a readable PNG"),
+    (b"GIF89a not a png at all", "is not a readable PNG"),
+    ("truncated", "is not a readable PNG"),
+    ("bad-json", "parameters are not valid JSON"),
+    ("list", "parameters are a list, not an object"),
+    ("partial", "parameters lack seed, sampler"),
+    ("no-chunk", "carries no 'latentdiff' parameters"),
+])
+def test_from_png_bad_files(tmp_path, capsys, content, match):
+    from PIL.PngImagePlugin import PngInfo
+
+    png = tmp_path / "in.png"
+    im = Image.new("RGB", (8, 8), "red")
+    texts = {"bad-json": "{not json", "list": "[1, 2]", "partial": json.dumps({"prompt": "x"})}
+    if isinstance(content, bytes):
+        png.write_bytes(content)
+    elif content == "truncated":
+        info = PngInfo()
+        info.add_text(PNG_KEY, json.dumps({"prompt": "x"}))
+        im.save(png, pnginfo=info)
+        png.write_bytes(png.read_bytes()[:60])
+    else:
+        info = PngInfo()
+        if content in texts:
+            info.add_text(PNG_KEY, texts[content])
+        im.save(png, pnginfo=info)
+    rc, _, err = run(capsys, "generate", "--from-png", png, "--out", tmp_path / "o")
+    assert rc == 2 and match in one_error_line(err) and str(png) in err
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu", "device 'gpu' is not a device name; use cpu, cuda, cuda:N or mps"),
+    ("cuda:99", "cuda:99"),
+    ("meta", "device 'meta' is not supported; use cpu"),
+])
+def test_unusable_device(tiny_pipeline_dir, tmp_path, capsys, device, match):
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, "--device", device)
+    assert rc == 2 and match in one_error_line(err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(tiny_pipeline_dir, tmp_path, capsys):
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, "--device", "cuda")
+    assert rc == 2 and "no CUDA GPU is available on this machine" in one_error_line(err)
+
+
+@pytest.mark.parametrize("file", ["unet/config.json", "scheduler/scheduler_config.json", "latentdiff.json",
+                                  "text_encoder/config.json"])
+def test_broken_json_in_a_model_folder(tiny_pipeline_dir, tmp_path, capsys, file):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    (folder / file).write_text('{"truncated": ')
+    rc, _, err = run(capsys, "generate", "x", "--model", folder, "--out", tmp_path / "o", *FAST)
+    line = one_error_line(err)
+    assert rc == 2 and str(folder / Path(file).parent) in line and "JSON" in line.upper(), line
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(prompt=None), TypeError, "prompt must be a string or a list of strings, got NoneType"),
+    (dict(prompt=123), TypeError, "prompt must be a string or a list of strings, got int 123"),
+    (dict(prompt=["a", 1]), TypeError, r"prompt\[1\] must be a string, got int 1"),
+    (dict(prompt=[]), ValueError, "prompt is an empty list"),
+    (dict(prompt="x", negative_prompt=5), TypeError, "negative_prompt must be a string"),
+    (dict(prompt="x", num_inference_steps=2.5), TypeError, "num_inference_steps must be an integer, got float"),
+    (dict(prompt="x", num_inference_steps=True), TypeError, "num_inference_steps must be an integer, got bool"),
+    (dict(prompt="x", guidance_scale="7"), TypeError, "guidance_scale must be a number, got str"),
+    (dict(prompt="x", height=32.0), TypeError, "height must be an integer, got float"),
+    (dict(prompt="x", seed="1"), TypeError, "seed must be an integer, got str"),
+    (dict(prompt="x", seed=[1, None], num_images_per_prompt=2), TypeError, r"seed\[1\] must be an integer"),
+    (dict(prompt="x", latents=np.zeros((1, 4, 16, 16))), TypeError, "latents must be a torch.Tensor"),
+    (dict(prompt="x", timestep_spacing="karras"), ValueError, "Unknown timestep_spacing 'karras'"),
+    (dict(prompt="x", classifier_scale=math.inf), ValueError, "classifier_scale must be a finite number"),
+])
+def test_api_wrong_types_name_the_argument(tiny_pipe, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_pipe(**{"num_inference_steps": 2, **kwargs})
+
+
+def test_lora_scale_must_be_finite(tiny_pipeline_dir, tmp_path, capsys):
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path,
+                     "--lora", "some.safetensors:nan")
+    assert rc == 2 and "--lora some.safetensors:nan: the scale must be a finite number" in one_error_line(err)
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("latentdiff.cli.generate", interrupted)
+    rc, _, err = run(capsys, "generate", "x")
+    assert rc == 130 and err.strip() == "interrupted"
+
+
+def test_real_bugs_keep_their_traceback(monkeypatch):
+    def bug(argv):
+        raise AttributeError("'NoneType' object has no attribute 'x'")
+
+    monkeypatch.setattr("latentdiff.cli.generate", bug)
+    with pytest.raises(AttributeError):
+        main(["generate", "x"])
+
+
+def test_full_disk_while_saving_a_png_is_one_line(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(self, fp, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path / "o", *FAST)
+    assert rc == 2 and "no space left on the device: free some space" in one_error_line(err)
+    assert list((tmp_path / "o").iterdir()) == [], "the partial temporary file is removed"
