@@ -30,6 +30,10 @@ class MemoryLimitError(UserError):
     """A call would need more memory than the machine has (estimated before allocating it)."""
 
 
+class MissingSplitError(UserError, FileNotFoundError):
+    """A dataset has no split of that name (a flat image folder has only its one "train" split)."""
+
+
 class OutputExistsError(UserError, FileExistsError):
     """A folder or file we were asked to write holds something we must not replace."""
 
@@ -56,6 +60,8 @@ def describe(e: BaseException) -> str:
     if isinstance(e, OSError) and not isinstance(e, UserError) and e.errno in _OS_HINTS and e.filename:
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
         text = f"{where}: {_OS_HINTS[e.errno]}"
+    elif isinstance(e, OSError) and e.strerror and not e.filename:
+        text = e.strerror  # OSError(errno, message): without the "[Errno N]" prefix
     else:
         text = str(e) or type(e).__name__
     return " ".join(text.split())  # one line, whatever the library put in the message
@@ -68,14 +74,26 @@ def run_cli(fn: Callable[[], int | None], *, stream=None) -> int:
     try:
         return fn() or 0
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=stream)
         return 130
     except USER_ERRORS as e:
         if os.environ.get("LATENTDIFF_DEBUG"):
             raise
+        _close_progress_bars()
         print(f"error: {describe(e)}", file=stream)
         return 2
 
 
-__all__ = ["UserError", "NonFiniteError", "MemoryLimitError", "OutputExistsError", "USER_ERRORS", "describe",
+def _close_progress_bars() -> None:
+    """Finish open tqdm bars, so the error starts its own line instead of trailing a bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the error message
+            pass
+
+
+__all__ = ["UserError", "NonFiniteError", "MemoryLimitError", "MissingSplitError", "OutputExistsError", "USER_ERRORS", "describe",
            "run_cli"]
