@@ -353,3 +353,288 @@ def test_full_disk_while_saving_a_png_is_one_line(tiny_pipeline_dir, tmp_path, c
     rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path / "o", *FAST)
     assert rc == 2 and "no space left on the device: free some space" in one_error_line(err)
     assert list((tmp_path / "o").iterdir()) == [], "the partial temporary file is removed"
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+TINY_UNET = ROOT / "configs" / "tiny_unet.yaml"
+TRAIN_BASE = {"data.max_samples": 16, "data.validation_split": "", "optim.batch_size": 4, "validation_steps": 0,
+              "log_every": 1, "optim.max_train_steps": 2, "checkpointing_steps": 2, "device": "cpu", "cpu_threads": 1}
+
+
+def unet_cfg(out, **overrides):
+    from latentdiff.config import load_config
+    from latentdiff.train.unet import UNetTrainConfig
+
+    return load_config(TINY_UNET, UNetTrainConfig, {"output_dir": str(out), **TRAIN_BASE, **overrides})
+
+
+def train_args(out, *extra) -> list:
+    args = ["train", "unet", "--config", TINY_UNET, "--output-dir", out]
+    for k, v in TRAIN_BASE.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+@pytest.fixture
+def one_run(tmp_path):
+    """A finished 2-step tiny U-Net run (checkpoint-2 and final/)."""
+    from latentdiff.train.unet import train
+
+    out = tmp_path / "run"
+    train(unet_cfg(out, cache_dir=str(tmp_path / "cache")))
+    return out
+
+
+def test_fresh_run_into_another_runs_output_dir_is_refused(one_run, capsys):
+    before = sorted(p.name for p in (one_run / "checkpoints").iterdir())
+    state = (one_run / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_bytes()
+    rc, _, err = run(capsys, *train_args(one_run))
+    line = one_error_line(err)
+    assert rc == 2 and "already holds a training run" in line and "checkpoint-2" in line
+    assert "--resume latest" in line and "--overwrite-output-dir" in line
+    assert sorted(p.name for p in (one_run / "checkpoints").iterdir()) == before
+    assert (one_run / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_bytes() == state
+    # continuing it is fine, and so is starting afresh when asked explicitly
+    assert run(capsys, *train_args(one_run, "--resume", "latest", "--set", "optim.max_train_steps=4"))[0] == 0
+    assert [p.name for p in sorted((one_run / "checkpoints").iterdir())] == ["checkpoint-2", "checkpoint-4"]
+    assert run(capsys, *train_args(one_run, "--overwrite-output-dir"))[0] == 0
+    assert [p.name for p in (one_run / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert json.loads((one_run / "run.json").read_text())["trainer"] == "unet"
+
+
+def test_resume_into_another_trainers_output_dir_is_refused(one_run, capsys):
+    (one_run / "run.json").write_text(json.dumps({"trainer": "vae"}))
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest"))
+    assert rc == 2 and "holds a `latentdiff train vae` run, not a unet run" in one_error_line(err)
+
+
+@pytest.mark.parametrize("value, match", [("''", "output_dir is empty, which would write into the current folder")])
+def test_empty_output_dir_is_not_the_current_folder(tmp_path, capsys, monkeypatch, value, match):
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in train_args("x") if a not in ("--output-dir", "x")] + [
+        "--set", f"output_dir={value}", "--set", f"model={ROOT / 'configs' / 'tiny.yaml'}"]
+    rc, _, err = run(capsys, *args)
+    assert rc == 2 and match in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("x")
+    rc, _, err = run(capsys, *train_args(f))
+    assert rc == 2 and f"output_dir {f} is a file, not a folder" in one_error_line(err)
+
+
+def test_diverging_training_stops_before_a_nan_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, *train_args(out, "--set", "optim.learning_rate=1e30", "--set", "optim.lr_warmup_steps=0",
+                                         "--set", "optim.max_grad_norm=0", "--set", "optim.max_train_steps=6",
+                                         "--set", "checkpointing_steps=1"))
+    line = one_error_line(err)
+    assert rc == 2 and re.search(r"training diverged at step \d: the (training loss is nan|unet weights hold NaN)", line)
+    assert re.search(r"(no checkpoint was saved yet|the last good checkpoint is \S+checkpoint-\d)", line)
+    assert "lower optim.learning_rate" in line
+    from safetensors.torch import load_file
+
+    for ckpt in (out / "checkpoints").glob("checkpoint-*"):  # any checkpoint written before it diverged is finite
+        assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model.safetensors")).values())
+    assert not (out / "final").exists()
+
+
+def test_a_run_that_diverges_after_a_checkpoint_keeps_it(one_run, monkeypatch):
+    import latentdiff.train.unet as U
+
+    calls, real = [], U.diffusion_loss
+
+    def diverging(*a, **k):  # finite for the resumed step 3, NaN from step 4 on: as a blow-up looks
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 1 else loss
+
+    monkeypatch.setattr(U, "diffusion_loss", diverging)
+    good = (one_run / "checkpoints" / "checkpoint-2" / "model.safetensors").read_bytes()
+    final = (one_run / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(NonFiniteError, match=r"training diverged at step 4: the training loss is nan; nothing was "
+                                             r"saved for this step and the last good checkpoint is .*checkpoint-3"):
+        U.train(unet_cfg(one_run, **{"optim.max_train_steps": 6, "checkpointing_steps": 1}), resume="latest")
+    assert sorted(p.name for p in (one_run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert (one_run / "checkpoints" / "checkpoint-2" / "model.safetensors").read_bytes() == good
+    assert (one_run / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == final
+
+
+def test_resume_with_a_learning_rate_it_would_ignore(one_run, capsys):
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest", "--set", "optim.learning_rate=3e-4"))
+    line = one_error_line(err)
+    assert rc == 2 and "optim.learning_rate 0.001 -> 0.0003 would be ignored" in line
+
+
+@pytest.mark.parametrize("value", ["inf", ".inf", "nan", ".nan"])
+def test_non_finite_learning_rate_is_refused_before_training(tmp_path, capsys, value):
+    rc, _, err = run(capsys, *train_args(tmp_path / "o", "--set", f"optim.learning_rate={value}"))
+    assert rc == 2 and "optim.learning_rate: expected a finite number" in one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_weights_are_never_saved_as_a_pipeline(tiny_pipe, tmp_path):
+    with torch.no_grad():
+        tiny_pipe.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"the unet weights hold NaN/Inf \(conv_in.weight\)"):
+        tiny_pipe.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("written, expected", [("3e-4", 3e-4), ("1E-5", 1e-5), ("2", 2.0), (".5", 0.5)])
+def test_numbers_as_users_write_them(tmp_path, written, expected):
+    cfg = unet_cfg(tmp_path, **{"optim.learning_rate": __import__("yaml").safe_load(written)})
+    assert cfg.optim.learning_rate == expected and isinstance(cfg.optim.learning_rate, float)
+
+
+def test_readme_set_learning_rate_example_runs(tmp_path, capsys):
+    """README, --help and our own error message all say `--set optim.learning_rate=3e-4`."""
+    from latentdiff.train.common import build_parser, load_train_config
+    from latentdiff.train.unet import UNetTrainConfig
+
+    args = build_parser("x", "", "").parse_args(["--config", str(TINY_UNET), "--set", "optim.learning_rate=3e-4"])
+    assert load_train_config(args, UNetTrainConfig).optim.learning_rate == 3e-4
+    assert "--set optim.learning_rate=3e-4" in build_parser("x", "", "").format_help()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_UNET.read_text().replace("optim:\n", "optim:\n   - oops\n  x: [1,\n", 1))
+    rc, _, err = run(capsys, "train", "unet", "--config", bad, "--output-dir", tmp_path / "o")
+    line = one_error_line(err)
+    assert rc == 2 and f"{bad}: YAML syntax error at line" in line
+
+
+@pytest.mark.parametrize("content, match", [
+    ("- a\n- b\n", "expected a mapping of config keys at the top level, got list"),
+    (b"\xff\xfe\x00binary", "is not a UTF-8 text file"),
+])
+def test_config_that_is_not_a_mapping_or_not_text(tmp_path, capsys, content, match):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    rc, _, err = run(capsys, "train", "unet", "--config", bad, "--output-dir", tmp_path / "o")
+    assert rc == 2 and match in one_error_line(err)
+
+
+def test_config_that_is_a_folder(tmp_path, capsys):
+    rc, _, err = run(capsys, "train", "unet", "--config", tmp_path, "--output-dir", tmp_path / "o")
+    assert rc == 2 and "is a folder; pass a YAML file" in one_error_line(err)
+
+
+@pytest.mark.parametrize("item, match", [
+    ("optim.learning_rate.x=1", "--set optim.learning_rate.x=1: optim.learning_rate is a value (0.001), not a section"),
+    ("output_dir.sub=1", "output_dir is a value"),
+    ("optim..batch_size=2", "empty key"),
+    ("validation_prompts=[a, b", "the value is not valid YAML"),
+])
+def test_set_on_a_non_mapping_key_or_bad_yaml(tmp_path, capsys, item, match):
+    rc, _, err = run(capsys, "train", "unet", "--config", TINY_UNET, "--output-dir", tmp_path / "o", "--set", item)
+    assert rc == 2 and match in one_error_line(err)
+
+
+def test_resume_from_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, caplog):
+    from latentdiff.train.common import list_checkpoints, resolve_resume
+    from latentdiff.train.unet import train
+
+    out = tmp_path / "run"
+    train(unet_cfg(out, **{"optim.max_train_steps": 4, "checkpoints_total_limit": 0}))
+    bad = out / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:1000])  # a crash or a full disk cut it short
+    with caplog.at_level("WARNING", logger="latentdiff.train"):
+        assert resolve_resume(out, "latest") == out / "checkpoints" / "checkpoint-2"
+    assert "checkpoint-4 is damaged" in caplog.text and "falling back to the previous complete checkpoint" in caplog.text
+    opt = out / "checkpoints" / "checkpoint-2" / "optimizer.bin"
+    opt.write_bytes(opt.read_bytes()[:-100])
+    rc, _, err = run(capsys, *train_args(out, "--resume", "latest", "--set", "optim.max_train_steps=4"))
+    assert rc == 2 and "every checkpoint in" in one_error_line(err) and "is damaged" in err
+    rc, _, err = run(capsys, *train_args(out, "--resume", out / "checkpoints" / "checkpoint-4"))
+    assert rc == 2 and "the checkpoint is damaged (model.safetensors" in one_error_line(err)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4], "nothing deleted"
+
+
+def test_resume_after_the_architecture_changed(one_run, capsys):
+    wide = one_run.parent / "wide.yaml"
+    wide.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("block_out_channels: [16, 32]",
+                                                                         "block_out_channels: [16, 48]"))
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest", "--set", f"model={wide}",
+                                         "--set", "optim.max_train_steps=4"))
+    line = one_error_line(err)
+    assert rc == 2 and "the checkpoint does not fit the model being trained (the architecture changed" in line
+    assert "size mismatch" in line and "config.yaml" in line
+
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_full_disk_while_checkpointing(one_run, capsys, monkeypatch, failure):
+    import errno
+
+    from accelerate import Accelerator
+
+    def full(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 10)  # the partial write
+        if failure == "torch":
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 4160 vs 4054")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest", "--set", "optim.max_train_steps=4"))
+    line = one_error_line(err)
+    assert rc == 2 and f"no space left on {one_run / 'checkpoints'} while saving checkpoint-4" in line
+    assert "the partial checkpoint was removed" in line and "checkpoint-2 is kept" in line
+    assert sorted(p.name for p in (one_run / "checkpoints").iterdir()) == ["checkpoint-2"]
+
+
+def test_checkpoint_and_cache_files_get_the_same_permissions_as_everything_else(tmp_path):
+    import os
+    import stat
+
+    from latentdiff.train.unet import train
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        train(unet_cfg(out, cache_dir=str(tmp_path / "cache")))
+    finally:
+        os.umask(old)
+    files = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_file()]
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert any(k.endswith("model.safetensors") for k in modes) and any(k.startswith("cache") for k in modes)
+    assert set(modes.values()) == {oct(0o644)}, {k: v for k, v in modes.items() if v != oct(0o644)}
+
+
+def test_own_data_flat_folder_trains_without_a_test_split(tmp_path, capsys, caplog):
+    """README's own-data command on a flat folder of images with .txt captions (no test/ subfolder)."""
+    data = tmp_path / "my_images"
+    data.mkdir()
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (32, 32), c).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"{c} square")
+    args = ["train", "unet", "--config", TINY_UNET, "--set", f"data.source={data}", "--output-dir", tmp_path / "o",
+            "--set", "optim.max_train_steps=1", "--set", "optim.batch_size=4", "--set", "checkpointing_steps=0",
+            "--device", "cpu"]
+    with caplog.at_level("WARNING", logger="latentdiff.train"):
+        rc, _, err = run(capsys, *args)
+    assert rc == 0, err
+    assert "training without validation: no 'test' subfolder in" in caplog.text
+    assert "data.validation_split=" in caplog.text and "split=None" not in caplog.text.split("(in Python")[0]
+    assert (tmp_path / "o" / "final" / "model_index.json").is_file()
+
+
+def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, monkeypatch):
+    import latentdiff.evaluation as E
+
+    monkeypatch.setattr(E, "load_image_set", lambda *a, **k: pytest.fail("loaded data before checking --model"))
+    monkeypatch.setattr(E, "train_evaluator", lambda *a, **k: pytest.fail("trained before checking --model"))
+    rc, _, err = run(capsys, "eval", "--model", tmp_path / "missing")
+    assert rc == 2 and "not found" in one_error_line(err) and "missing" in err
+    rc, _, err = run(capsys, "eval", "--samplers", "ddim,euler")
+    assert rc == 2 and "Unknown sampler 'euler'" in one_error_line(err)
+    rc, _, err = run(capsys, "eval", "--device", "gpu")
+    assert rc == 2 and "device 'gpu' is not a device name" in one_error_line(err)
+    rc, _, err = run(capsys, "eval", "--out", tmp_path)
+    assert rc == 2 and "is a folder; pass a file path" in one_error_line(err)
