@@ -49,6 +49,8 @@ from latentdiff.config import atomic_write_text, load_config, save_config
 from latentdiff.evaluation import COLOUR_WORDS, SKIN_TONE_RE, SKIN_TONES, load_image_set, random_affine
 from latentdiff.models import ModelConfig, TextEncoderConfig
 
+from .common import check_finite
+
 logger = logging.getLogger("latentdiff.train.clip")
 
 # Captions held out from training with `holdout_colour_shapes` (the measurement of
@@ -326,9 +328,9 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
     assert cfg.text_encoder is not None, "resolve model_config with load_clip_config first"
     tc = cfg.training
     output_dir = Path(output_dir)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    from latentdiff.io import resolve_device
+
+    dev = resolve_device(device)
     steps = tc.steps if max_train_steps is None else max_train_steps
     if steps < 1:
         raise ValueError(f"the number of training steps must be >= 1, got {steps}")
@@ -414,6 +416,8 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
         loss_ema = loss.detach().float() if loss_ema is None else loss_ema.lerp(loss.detach().float(), 0.05)
         done = step + 1
         if done % 10 == 0 or done == steps:
+            check_finite(done, output_dir, float(loss_ema), hint="lower training.learning_rate",
+                         last_good=checkpoint)
             bar.set_postfix(loss=f"{float(loss_ema):.3f}", T=f"{float(clip.logit_scale.detach().exp()):.1f}")
         if eval_images is not None and ((tc.eval_every and done % tc.eval_every == 0) or done == steps):
             report = zero_shot_report(clip, tokenizer, eval_images, eval_captions)
@@ -425,12 +429,16 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
                 f.write(json.dumps(row) + "\n")
             bar.write(json.dumps(row))
         if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps:
+            check_finite(done, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",
+                         last_good=checkpoint)
             _save_checkpoint(checkpoint, clip, optimizer, scheduler, done, generator)
     bar.close()
     seconds = time.perf_counter() - t0
 
     # 4. outputs
     clip.eval()
+    check_finite(steps, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",  # no NaN export
+                 last_good=checkpoint)
     _save_checkpoint(checkpoint, clip, optimizer, scheduler, steps, generator)
     final = zero_shot_report(clip, tokenizer, eval_images, eval_captions) if eval_images is not None else None
     summary = {
@@ -495,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=500")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_clip_config(args.config, overrides)
     summary = train(cfg, args.output_dir, device=args.device, max_train_steps=args.max_train_steps,

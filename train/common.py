@@ -632,9 +632,11 @@ def damaged_files(path: Path) -> str:
 
 
 def check_finite(step: int, output_dir: Path, loss: float | None = None, modules: dict | None = None,
-                 hint: str = "lower optim.learning_rate (or set optim.max_grad_norm)") -> None:
+                 hint: str = "lower optim.learning_rate (or set optim.max_grad_norm)",
+                 last_good: Path | None = None) -> None:
     """Stop a diverged run before it writes anything: a NaN/Inf ``loss`` or weights of ``modules``
-    raise :class:`NonFiniteError` naming the step, the cause and the last good checkpoint."""
+    raise :class:`NonFiniteError` naming the step, the cause and the last good checkpoint
+    (``last_good``, else the newest in ``output_dir/checkpoints``)."""
     from latentdiff.errors import NonFiniteError
 
     problem = ""
@@ -648,8 +650,9 @@ def check_finite(step: int, output_dir: Path, loss: float | None = None, modules
             problem = f"the {name} weights hold NaN/Inf ({', '.join(bad[:3])})"
     if not problem:
         return
-    found = list_checkpoints(output_dir)
-    last = (f"the last good checkpoint is {found[-1][1]} (continue from it with --resume latest once fixed)"
+    found = [p for _, p in list_checkpoints(output_dir)] if last_good is None else \
+        [last_good] if last_good.exists() else []
+    last = (f"the last good checkpoint is {found[-1]} (continue from it with --resume once fixed)"
             if found else "no checkpoint was saved yet")
     raise NonFiniteError(f"training diverged at step {step}: {problem}; nothing was saved for this step and {last}; "
                          f"{hint}")
