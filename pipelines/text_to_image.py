@@ -216,6 +216,10 @@ class TextToImagePipeline(LoraMixin):
         else's files is refused before anything is written over it."""
         import diffusers
 
+        for name in ("unet", "vae", "text_encoder"):
+            bad = nonfinite_parameters(getattr(self, name))
+            if bad:
+                raise NonFiniteError(f"not saving {save_directory}: the {name} weights hold NaN/Inf ({', '.join(bad)})")
         with atomic_dir(save_directory, also_ours=TRAINER_FILES, keep=KEPT_FILES) as tmp:
             for name in ("unet", "vae", "text_encoder"):
                 module = getattr(self, name)

@@ -638,3 +638,36 @@ def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, m
     assert rc == 2 and "device 'gpu' is not a device name" in one_error_line(err)
     rc, _, err = run(capsys, "eval", "--out", tmp_path)
     assert rc == 2 and "is a folder; pass a file path" in one_error_line(err)
+
+
+# ---------------------------------------------------------------------------------------------- more of our own
+
+
+def test_clip_training_that_diverges_saves_nothing(tmp_path, capsys):
+    out = tmp_path / "clip"
+    rc, _, err = run(capsys, "train", "clip", "--config", ROOT / "configs" / "tiny_clip.yaml", "--max-train-steps", 10,
+                     "--set", "training.learning_rate=1e30", "--output-dir", out, "--no-progress")
+    line = one_error_line(err)
+    assert rc == 2 and "training diverged at step 10: the training loss is nan" in line
+    assert not (out / "text_encoder").exists() and not (out / "checkpoint").exists()
+
+
+def test_classifier_without_a_class_label(tmp_path, capsys):
+    rc, _, err = run(capsys, "generate", "x", "--classifier", tmp_path / "cls", "--out", tmp_path / "o")
+    assert rc == 2 and "--classifier needs --class NAME" in one_error_line(err)
+
+
+def test_too_many_images_for_memory(tiny_pipeline_dir, tmp_path, capsys):
+    rc, _, err = run(capsys, "generate", "x", "--model", tiny_pipeline_dir, "--out", tmp_path, "-n", 10**7, *FAST)
+    assert rc == 2 and re.search(r"10000000 image\(s\) of 32×32 need about [\d.]+ GiB", one_error_line(err))
+
+
+def test_a_damaged_classifier_config_is_one_line(tmp_path):
+    from latentdiff.classifier import NoisyLatentClassifier
+
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    (folder / "config.json").write_text("{oops")
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .* the classifier config is corrupt"):
+        NoisyLatentClassifier.from_pretrained(folder)
