@@ -49,20 +49,30 @@ MAX_SEED = 2**63 - 1
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes a new allocation can get now: free GPU memory, or the kernel's MemAvailable on CPU."""
+    """Bytes a new allocation can get now: free GPU memory; on CPU the kernel's MemAvailable, or less
+    where a cgroup (a container's memory limit) allows less."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    have = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**62  # unknown platform: do not refuse
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 2**62  # unknown platform: do not refuse
+    try:  # cgroup v2: the container's limit minus what it uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(have, 0)
 
 
 def _is_number(x) -> bool:
@@ -363,7 +373,10 @@ class TextToImagePipeline(LoraMixin):
         """Rough peak bytes of one call, by stage: the U-Net's activations (and attention scores where
         they are materialised) at the batch it runs (2x with classifier-free guidance), and the VAE
         decoder's full-resolution activations (per tile when ``vae.enable_tiling()`` is on). An
-        estimate, meant to refuse what cannot fit, not to predict to the byte."""
+        estimate, meant to refuse what cannot fit, not to predict to the byte: the factors (10 live
+        U-Net tensors per level, 8 in the decoder) are calibrated on the emoji model at 1024×1024 on
+        CPU, where the peak RSS rose by 0.59 GiB while sampling (estimate 0.57) and by 0.47 GiB more
+        while decoding (estimate 1.0)."""
         f = self.vae_scale_factor
         item = torch.finfo(self.unet.dtype).bits // 8
         h, w = height // f, width // f

@@ -477,11 +477,12 @@ def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: st
     bar.close()
 
     # ---- final weights, accuracy versus t on the test split, summary
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"classifier": accelerator.unwrap_model(model)})
     summary: dict = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model).eval()
-        check_finite(step, out, modules={"classifier": final})  # never export a NaN model
         final.save_pretrained(out / "final")
         rows, table = [], ""
         if has_test:

@@ -487,11 +487,13 @@ def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | No
     bar.close()
 
     # ---- export: the LoRA (diffusers + kohya), a before/after grid, the summary
+    # never export a NaN LoRA (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet),
+                                     "text encoder": accelerator.unwrap_model(text_encoder)})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         u, te = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
-        check_finite(step, out, modules={"unet LoRA": u, "text encoder LoRA": te})  # never export a NaN LoRA
         unchanged = {"unet": digest(L.base_state_dict(u)) == base_digest["unet"],
                      "text_encoder": digest(L.base_state_dict(te)) == base_digest["text_encoder"]}
         assert all(unchanged.values()), f"base weights changed during LoRA training: {unchanged}"

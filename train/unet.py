@@ -519,11 +519,12 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
     bar.close()
 
     # ---- final export: a pipeline folder with the EMA weights
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet)})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe = export_pipeline(accelerator, comps, unet, text_encoder, ema, cfg)
-        check_finite(step, out, modules={"unet": pipe.unet})  # never export a NaN model
         final_val = (heldout_loss(pipe.unet, heldout, alphas_cumprod, prediction_type, cfg.min_snr_gamma)
                      if heldout is not None else None)
         dtype = torch.float16 if cfg.export_dtype == "float16" else None

@@ -316,11 +316,12 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
     bar.close()
 
     # ---- scaling factor, held-out PSNR, export
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"vae": accelerator.unwrap_model(model).vae})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ema_copy(accelerator.unwrap_model(model).vae, ema).float()
-        check_finite(step, out, modules={"vae": final})  # never export a NaN model
         n = cfg.scaling_factor_samples or len(train_data)
         sf = measure_scaling_factor(final, train_data.images[:n], 64, device, cfg.seed)
         final.register_to_config(scaling_factor=sf)
