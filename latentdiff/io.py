@@ -182,9 +182,10 @@ def read_json(path: str | os.PathLike, what: str = "") -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {what or 'the file'} is corrupt: restore or re-save it") from None
+        raise UserError(f"{path} is not valid JSON ({e}); this file ({what or 'JSON'}) is damaged: re-download or "
+                        "re-save it") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; restore or re-save it")
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; re-download or re-save it")
     return data
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from latentdiff.config import from_dict
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
 from latentdiff.diffusion import TIMESTEP_SPACINGS, make_timesteps, randn
-from latentdiff.errors import MemoryLimitError, NonFiniteError
+from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
 from latentdiff.io import (
     atomic_dir,
     check_safetensors_file,
@@ -179,13 +179,20 @@ class TextToImagePipeline(LoraMixin):
             raise FileNotFoundError(f"{path} lacks the component folder(s) {', '.join(missing)}")
         check_weights(path, allow_pickle=allow_pickle)
         use_safetensors = None if allow_pickle else True
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
-                                                    use_safetensors=use_safetensors)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype,
-                                            use_safetensors=use_safetensors)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch_dtype,
-                                                     use_safetensors=use_safetensors)
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+
+        def load(sub, fn, **kwargs):
+            try:
+                return fn(path, subfolder=sub, **kwargs)
+            except (OSError, ValueError) as e:  # a broken config.json, missing or mismatched weights
+                raise UserError(f"{path / sub} cannot be loaded ({' '.join(str(e).split())[:300]}); the model folder "
+                                "is damaged or incomplete: re-download or re-save it") from None
+
+        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype,
+                    use_safetensors=use_safetensors)
+        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch_dtype, use_safetensors=use_safetensors)
+        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype,
+                            use_safetensors=use_safetensors)
+        tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
         sched_file = path / "scheduler" / "scheduler_config.json"
         if not sched_file.is_file():
             raise FileNotFoundError(f"{sched_file} is missing; the pipeline folder {path} is incomplete")

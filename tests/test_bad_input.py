@@ -296,6 +296,7 @@ def test_broken_json_in_a_model_folder(tiny_pipeline_dir, tmp_path, capsys, file
     rc, _, err = run(capsys, "generate", "x", "--model", folder, "--out", tmp_path / "o", *FAST)
     line = one_error_line(err)
     assert rc == 2 and str(folder / Path(file).parent) in line and "JSON" in line.upper(), line
+    assert "re-download or re-save it" in line
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -669,5 +670,5 @@ def test_a_damaged_classifier_config_is_one_line(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{oops")
     (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"config.json is not valid JSON .* the classifier config is corrupt"):
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .* \(the classifier config\) is damaged"):
         NoisyLatentClassifier.from_pretrained(folder)
