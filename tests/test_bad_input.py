@@ -672,3 +672,23 @@ def test_a_damaged_classifier_config_is_one_line(tmp_path):
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match=r"config.json is not valid JSON .* \(the classifier config\) is damaged"):
         NoisyLatentClassifier.from_pretrained(folder)
+
+
+def test_resume_latest_without_checkpoints_does_not_replace_an_old_final(one_run, capsys):
+    import shutil as sh
+
+    sh.rmtree(one_run / "checkpoints")
+    final = (one_run / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest"))
+    assert rc == 2 and "already holds a training run" in one_error_line(err) and "final" in err
+    assert (one_run / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == final
+
+
+def test_fresh_clip_run_into_another_clip_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "clip"
+    (out / "text_encoder").mkdir(parents=True)
+    (out / "text_encoder" / "config.json").write_text("{}")
+    rc, _, err = run(capsys, "train", "clip", "--config", ROOT / "configs" / "tiny_clip.yaml", "--max-train-steps", 1,
+                     "--output-dir", out, "--no-progress")
+    assert rc == 2 and "already holds a CLIP run (text_encoder)" in one_error_line(err)
+    assert (out / "text_encoder" / "config.json").read_text() == "{}"

@@ -318,7 +318,7 @@ def save_outputs(output_dir: Path, clip, tokenizer, cfg: ClipConfig, summary: di
 
 
 def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_train_steps: int | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train the tiny CLIP described by ``cfg`` (with its text tower resolved) and write the outputs.
     Returns the summary dict (also written to ``summary.json``)."""
     from tqdm.auto import tqdm
@@ -327,7 +327,18 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
 
     assert cfg.text_encoder is not None, "resolve model_config with load_clip_config first"
     tc = cfg.training
+    if not str(output_dir).strip():
+        raise ValueError("--output-dir is empty, which would write into the current folder; pass a folder")
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
+    earlier = [p for p in ("checkpoint", "text_encoder", "clip") if (output_dir / p).exists()]
+    if earlier and not resume and not overwrite:
+        from latentdiff.errors import OutputExistsError
+
+        raise OutputExistsError(
+            f"--output-dir {output_dir} already holds a CLIP run ({', '.join(earlier)}); continue it with --resume, "
+            "choose a new --output-dir, or pass --overwrite-output-dir to replace it")
     from latentdiff.io import resolve_device
 
     dev = resolve_device(device)
@@ -492,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--max-train-steps", type=int, default=None, help="override training.steps")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start afresh in an OUTPUT_DIR that holds another run (replacing its checkpoint and outputs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML syntax), e.g. training.learning_rate=5e-4; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -510,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_clip_config(args.config, overrides)
     summary = train(cfg, args.output_dir, device=args.device, max_train_steps=args.max_train_steps,
-                    resume=args.resume, progress=not args.no_progress)
+                    resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite_output_dir)
     _print_summary(summary, Path(args.output_dir))
     return 0
 

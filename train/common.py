@@ -502,9 +502,11 @@ def start_run(output_dir: str, resume: str | None, *, trainer: str, overwrite: b
                         "run; choose another --output-dir")
     if resume:
         ckpt = resolve_resume(out, resume)
-        if ckpt is not None and cfg is not None:
-            check_resume_overrides(ckpt, cfg)
-        return ckpt
+        if ckpt is not None:
+            if cfg is not None:
+                check_resume_overrides(ckpt, cfg)
+            return ckpt
+        # --resume latest with no checkpoint yet starts from scratch: the same checks as a fresh run
     found = list_checkpoints(out)
     exported = [out / e for e in exports if (out / e).exists()]
     if (found or exported) and not overwrite:
