@@ -692,3 +692,15 @@ def test_fresh_clip_run_into_another_clip_run_is_refused(tmp_path, capsys):
                      "--output-dir", out, "--no-progress")
     assert rc == 2 and "already holds a CLIP run (text_encoder)" in one_error_line(err)
     assert (out / "text_encoder" / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("item, match", [
+    ("log_every=0", "log_every must be >= 1"),
+    ("checkpointing_steps=-5", "checkpointing_steps must be >= 0"),
+    ("validation_sampler=euler", "validation_sampler 'euler' is unknown; choose one of ddpm"),
+    ("validation_num_inference_steps=0", "validation_num_inference_steps must be >= 1"),
+])
+def test_loop_settings_are_checked_when_the_config_loads(tmp_path, capsys, item, match):
+    rc, _, err = run(capsys, "train", "unet", "--config", TINY_UNET, "--output-dir", tmp_path / "o", "--set", item)
+    assert rc == 2 and match in one_error_line(err)
+    assert not (tmp_path / "o").exists(), "refused before anything ran"

@@ -49,6 +49,7 @@ from .common import (
     build_parser,
     cache_key,
     check_finite,
+    check_loop_settings,
     hash_module,
     load_checkpoint,
     load_tensors,
@@ -109,6 +110,7 @@ class ClassifierTrainConfig:
     eval_noise_draws: int = 4        # (z, ε) draws per test latent and t
 
     def validate(self):
+        check_loop_settings(self)
         if not self.vae_from:
             raise ConfigError("vae_from is empty: set it (--vae-from) to the model whose latents the classifier "
                               "will guide: a pipeline folder, a VAE folder, 'emoji' or a Hub repo id")

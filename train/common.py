@@ -820,6 +820,28 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+def check_loop_settings(cfg) -> None:
+    """The loop's own settings, shared by the trainers' configs, checked when the config loads (not
+    at the first log step or the first validation, minutes in): intervals, limits, the validation
+    sampler."""
+    from latentdiff.errors import UserError
+
+    if getattr(cfg, "log_every", 1) < 1:
+        raise UserError(f"log_every must be >= 1 (steps between loss logs), got {cfg.log_every}")
+    for name in ("checkpointing_steps", "validation_steps", "checkpoints_total_limit", "cpu_threads"):
+        if getattr(cfg, name, 0) < 0:
+            raise UserError(f"{name} must be >= 0 (0 = off / all / torch's default), got {getattr(cfg, name)}")
+    if getattr(cfg, "validation_num_inference_steps", 1) < 1:
+        raise UserError(f"validation_num_inference_steps must be >= 1, got {cfg.validation_num_inference_steps}")
+    sampler = getattr(cfg, "validation_sampler", "")
+    if sampler:
+        from latentdiff.samplers import SAMPLERS
+
+        if sampler not in SAMPLERS:
+            raise UserError(f"validation_sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)} "
+                            "or '' (the model's)")
+
+
 def check_model_source(model: str, init_from: str) -> None:
     if bool(model) == bool(init_from):
         raise ValueError("set exactly one of `model` (a model config YAML such as configs/emoji.yaml, to train from "

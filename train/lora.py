@@ -51,6 +51,7 @@ from .common import (
     Timer,
     begin_run,
     check_finite,
+    check_loop_settings,
     load_checkpoint,
     load_image_data,
     load_tensors,
@@ -184,6 +185,7 @@ class LoraTrainConfig:
         return self.lora.text_encoder
 
     def validate(self):
+        check_loop_settings(self)
         if not self.base:
             raise ValueError("base is empty: set the pipeline to fine-tune ('emoji', a diffusers folder or a repo id)")
         if not self.data.source:

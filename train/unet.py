@@ -47,6 +47,7 @@ from .common import (
     begin_run,
     cache_key,
     check_finite,
+    check_loop_settings,
     check_model_source,
     ema_copy,
     hash_module,
@@ -107,6 +108,7 @@ class UNetTrainConfig:
     export_dtype: Literal["float32", "float16"] = "float32"
 
     def validate(self):
+        check_loop_settings(self)
         check_model_source(self.model, self.init_from)
         if self.model and not self.vae_from:
             raise ValueError("vae_from is empty: set it to the output of `latentdiff train vae` (e.g. runs/emoji_vae/vae), "

@@ -41,6 +41,7 @@ from .common import (
     Timer,
     begin_run,
     check_finite,
+    check_loop_settings,
     check_model_source,
     ema_copy,
     load_checkpoint,
@@ -100,6 +101,7 @@ class VAETrainConfig:
     log_every: int = 10
 
     def validate(self):
+        check_loop_settings(self)
         check_model_source(self.model, self.init_from)
         if self.random_crop < 0:
             raise ValueError("random_crop must be >= 0 (0 = full images)")
