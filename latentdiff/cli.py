@@ -184,6 +184,8 @@ def generate(argv: list[str]) -> int:
         params = read_png_parameters(png)
         given = explicit_options(generate_parser(), argv)
         for key, dest in PNG_PARAMS.items():
+            if key.startswith("class") and not params.get("classifier"):
+                continue  # older PNGs stored classifier_scale=1.0 even without a classifier
             if dest not in given and key in params:
                 setattr(args, dest, params[key])
         if "num_images" not in given:

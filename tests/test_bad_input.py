@@ -704,3 +704,20 @@ def test_loop_settings_are_checked_when_the_config_loads(tmp_path, capsys, item,
     rc, _, err = run(capsys, "train", "unet", "--config", TINY_UNET, "--output-dir", tmp_path / "o", "--set", item)
     assert rc == 2 and match in one_error_line(err)
     assert not (tmp_path / "o").exists(), "refused before anything ran"
+
+
+def test_from_png_written_before_this_change_still_regenerates(tiny_pipeline_dir, tmp_path, capsys):
+    """Older PNGs stored classifier_scale=1.0 without a classifier; that must not become an error."""
+    from PIL.PngImagePlugin import PngInfo
+
+    old = {"prompt": "red apple", "negative_prompt": "", "seed": 1, "sampler": "ddim", "steps": 2, "eta": 0.0,
+           "guidance_scale": 5.0, "height": 32, "width": 32, "model": str(tiny_pipeline_dir),
+           "timestep_spacing": "leading", "guidance_rescale": 0.0, "lora": [], "classifier": None,
+           "class_label": None, "classifier_scale": 1.0}
+    info = PngInfo()
+    info.add_text(PNG_KEY, json.dumps(old))
+    png = tmp_path / "old.png"
+    Image.new("RGB", (32, 32)).save(png, pnginfo=info)
+    rc, out, err = run(capsys, "generate", "--from-png", png, "--out", tmp_path / "o")
+    assert rc == 0, err
+    assert json.loads(Image.open(out.split()[0]).text[PNG_KEY])["seed"] == 1
