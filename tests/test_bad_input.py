@@ -721,3 +721,23 @@ def test_from_png_written_before_this_change_still_regenerates(tiny_pipeline_dir
     rc, out, err = run(capsys, "generate", "--from-png", png, "--out", tmp_path / "o")
     assert rc == 0, err
     assert json.loads(Image.open(out.split()[0]).text[PNG_KEY])["seed"] == 1
+
+
+def test_a_checkpoint_file_that_is_whole_but_not_ours_is_one_line(one_run, capsys):
+    import zipfile
+
+    opt = one_run / "checkpoints" / "checkpoint-2" / "optimizer.bin"
+    with zipfile.ZipFile(opt, "w") as z:  # a valid zip, so the integrity check passes; not a torch archive
+        z.writestr("notes.txt", "replaced by a sync tool")
+    rc, _, err = run(capsys, *train_args(one_run, "--resume", "latest", "--set", "optim.max_train_steps=4"))
+    line = one_error_line(err)
+    assert rc == 2 and "checkpoint-2: the checkpoint cannot be read (RuntimeError:" in line
+    assert "resume from an older one" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_training_on_cuda_without_a_gpu_fails_before_loading_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("latentdiff.train.unet.load_image_data", lambda *a, **k: pytest.fail("loaded data"))
+    monkeypatch.setattr("latentdiff.train.unet.build_components", lambda *a, **k: pytest.fail("built the model"))
+    rc, _, err = run(capsys, "train", "unet", "--config", TINY_UNET, "--output-dir", tmp_path / "o", "--device", "cuda")
+    assert rc == 2 and "device=cuda but no CUDA device is available" in one_error_line(err)

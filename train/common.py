@@ -496,6 +496,9 @@ def start_run(output_dir: str, resume: str | None, *, trainer: str, overwrite: b
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir {out} is a file, not a folder; choose another --output-dir")
+    if getattr(cfg, "device", None) == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available (or torch was built without CUDA); use "
+                        "--device cpu or --device auto")
     previous = _read_run_record(out)
     if previous.get("trainer") not in (None, trainer):
         raise UserError(f"output_dir {out} holds a `latentdiff train {previous['trainer']}` run, not a {trainer} "
@@ -740,12 +743,24 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore everything ``save_checkpoint`` saved; returns trainer_state.json. A checkpoint of a
     different architecture (shapes or parameter names changed) is an error naming what differs."""
+    import pickle
+    import zipfile
+
     from latentdiff.errors import UserError
+
+    def unreadable(e):
+        return UserError(f"--resume {path}: the checkpoint cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); resume from an older one (--resume "
+                         f"{path.parent}/checkpoint-N) or start afresh (--overwrite-output-dir)")
 
     try:
         accelerator.load_state(str(path))
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise unreadable(e) from None
     except RuntimeError as e:
         text = " ".join(str(e).split())
+        if any(m in text for m in ("PytorchStreamReader", "inline_container", "invalid header", "enforce fail")):
+            raise unreadable(e) from None
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text or "Error(s) in loading" in text:
             detail = text[text.find("size mismatch"):][:240] if "size mismatch" in text else text[:240]
             raise UserError(f"--resume {path}: the checkpoint does not fit the model being trained (the architecture "
