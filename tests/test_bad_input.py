@@ -741,3 +741,12 @@ def test_training_on_cuda_without_a_gpu_fails_before_loading_data(tmp_path, caps
     monkeypatch.setattr("latentdiff.train.unet.build_components", lambda *a, **k: pytest.fail("built the model"))
     rc, _, err = run(capsys, "train", "unet", "--config", TINY_UNET, "--output-dir", tmp_path / "o", "--device", "cuda")
     assert rc == 2 and "device=cuda but no CUDA device is available" in one_error_line(err)
+
+
+def test_shipped_configs_work_from_another_folder(tmp_path, capsys, monkeypatch):
+    """configs/tiny_unet.yaml says `model: configs/tiny.yaml` (a path from the repository root)."""
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, *train_args(tmp_path / "o", "--set", "optim.max_train_steps=1", "--set",
+                                         "checkpointing_steps=0"))
+    assert rc == 0, err
+    assert (tmp_path / "o" / "final" / "model_index.json").is_file()

@@ -169,7 +169,29 @@ def load_train_config(args: argparse.Namespace, cls):
         overrides["device"] = args.device
     if args.num_threads is not None:
         overrides["cpu_threads"] = args.num_threads
+    if "model" not in overrides:
+        found = _model_config_beside(args.config)
+        if found:
+            overrides["model"] = found
     return load_config(args.config, cls, overrides)
+
+
+def _model_config_beside(config_path: str) -> str | None:
+    """The shipped training configs name their model config as ``configs/tiny.yaml``, a path from the
+    repository root; run from anywhere else, that is the file of the same name beside the training
+    config. Returns that path when the written one does not exist from here (None otherwise)."""
+    try:
+        data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # load_config reports it
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model or Path(model).is_absolute() or Path(model).is_file():
+        return None
+    beside = Path(config_path).parent / Path(model).name
+    if beside.is_file():
+        logger.info("model: %s is not a file from here; using %s beside the config", model, beside)
+        return str(beside)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
