@@ -113,32 +113,30 @@ def foreign_entries(target: Path, ours: set[str]) -> list[str]:
 
 
 @contextmanager
-def atomic_dir(target: str | os.PathLike, *, also_ours: tuple[str, ...] = (), keep: tuple[str, ...] = ()):
+def atomic_dir(target: str | os.PathLike, *, also_ours: tuple[str, ...] = (), keep: tuple[str, ...] = (),
+               expect: tuple[str, ...] = ()):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename,
     on error it is removed, so ``target`` is never left half-written.
 
     An existing ``target`` is replaced only if it is empty or holds nothing but what we write: the
     entries of the new folder, ``also_ours`` (files our trainers add beside, e.g. a training summary)
     and ``keep`` (moved into the new folder when it lacks them, e.g. a README.md model card). Anything
-    else is someone's data: :class:`OutputExistsError`, and nothing is touched."""
+    else is someone's data: :class:`OutputExistsError`, and nothing is touched. ``expect`` (the names
+    the writer will write, when it knows them) lets that check run before the writing, not after."""
     from .errors import OutputExistsError
 
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"{target} is a file, not a folder; save to a folder path instead")
+    if expect and target.is_dir():
+        _refuse_foreign(target, set(expect) | set(also_ours) | set(keep))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield tmp
         share_tree(tmp)
         if target.exists():
-            written = {p.name for p in tmp.iterdir()}
-            foreign = foreign_entries(target, written | set(also_ours) | set(keep))
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                raise OutputExistsError(
-                    f"{target} already holds files latentdiff did not write ({shown}); nothing was changed. "
-                    "Save to a new or empty folder, or move those files away first")
+            _refuse_foreign(target, {p.name for p in tmp.iterdir()} | set(also_ours) | set(keep))
             for name in keep:
                 if (target / name).exists() and not (tmp / name).exists():
                     os.replace(target / name, tmp / name)
@@ -151,6 +149,16 @@ def atomic_dir(target: str | os.PathLike, *, also_ours: tuple[str, ...] = (), ke
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _refuse_foreign(target: Path, ours: set[str]) -> None:
+    from .errors import OutputExistsError
+
+    foreign = foreign_entries(target, ours)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(f"{target} already holds files latentdiff did not write ({shown}); nothing was changed. "
+                                "Save to a new or empty folder, or move those files away first")
 
 
 def check_writable_dir(folder: str | os.PathLike, what: str) -> Path:

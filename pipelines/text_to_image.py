@@ -237,7 +237,8 @@ class TextToImagePipeline(LoraMixin):
             bad = nonfinite_parameters(getattr(self, name))
             if bad:
                 raise NonFiniteError(f"not saving {save_directory}: the {name} weights hold NaN/Inf ({', '.join(bad)})")
-        with atomic_dir(save_directory, also_ours=TRAINER_FILES, keep=KEPT_FILES) as tmp:
+        layout = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json", LATENTDIFF_FILE)
+        with atomic_dir(save_directory, also_ours=TRAINER_FILES, keep=KEPT_FILES, expect=layout) as tmp:
             for name in ("unet", "vae", "text_encoder"):
                 module = getattr(self, name)
                 if dtype is None or module.dtype == dtype:

@@ -43,12 +43,20 @@ def one_error_line(err: str) -> str:
 # ---------------------------------------------------------------------------------------------- data loss
 
 
-def test_save_pretrained_refuses_a_folder_with_someone_elses_files(tiny_pipe, tmp_path):
+def test_save_pretrained_refuses_a_folder_with_someone_elses_files(tiny_pipe, tmp_path, monkeypatch):
     target = tmp_path / "p"
     target.mkdir()
     (target / "thesis.txt").write_text("four years of work")
+    monkeypatch.setattr("latentdiff.pipelines.text_to_image.save_tokenizer",
+                        lambda *a: pytest.fail("wrote the model before refusing the folder"))
     with pytest.raises(OutputExistsError, match=r"p already holds files latentdiff did not write \(thesis.txt\)"):
         tiny_pipe.save_pretrained(target)
+    monkeypatch.undo()
+    from latentdiff.io import atomic_dir
+
+    with pytest.raises(OutputExistsError, match="thesis.txt"):  # a writer that does not say what it writes
+        with atomic_dir(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"weights")
     assert (target / "thesis.txt").read_text() == "four years of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"], "no temporary folder left behind"
     assert sorted(p.name for p in target.iterdir()) == ["thesis.txt"]
