@@ -264,10 +264,16 @@ class NoisyLatentClassifier(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` atomically (the folder appears whole or not at all)."""
         from safetensors.torch import save_file
 
+        from .errors import NonFiniteError
         from .io import atomic_dir
 
         state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_dir(save_directory) as tmp:
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(f"not saving {save_directory}: the classifier weights hold NaN/Inf ({', '.join(bad[:3])})")
+        with atomic_dir(save_directory, also_ours=("training_config.yaml", "training_summary.json",
+                                                  "accuracy_vs_t.md", "accuracy_vs_t.json", "accuracy_vs_t.png"),
+                        keep=("README.md",)) as tmp:
             meta = {"_class_name": type(self).__name__, **to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -280,7 +286,7 @@ class NoisyLatentClassifier(nn.Module):
         with a ``classifier/`` subfolder) or a Hub repo id (``user/name``, optional ``revision``)."""
         from safetensors.torch import load_file
 
-        from .io import check_weights, resolve_model_dir
+        from .io import check_weights, read_json, resolve_model_dir
 
         root = resolve_model_dir(path_or_repo_id, revision=revision, kind="classifier")
         folder = next((root / s for s in SEARCH_SUBFOLDERS if (root / s / CONFIG_NAME).is_file()
@@ -289,7 +295,7 @@ class NoisyLatentClassifier(nn.Module):
             raise FileNotFoundError(f"no classifier in {root}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it or in "
                                     f"its {', '.join(s + '/' for s in SEARCH_SUBFOLDERS if s)} subfolder "
                                     "(train one with `latentdiff train classifier`)")
-        data = json.loads((folder / CONFIG_NAME).read_text())
+        data = read_json(folder / CONFIG_NAME, "the classifier config")
         if data.get("_class_name", cls.__name__) != cls.__name__:
             raise ValueError(f"{folder / CONFIG_NAME} describes a {data['_class_name']}, not a {cls.__name__}")
         try:

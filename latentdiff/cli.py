@@ -10,8 +10,11 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
+
+from latentdiff.errors import run_cli
 
 TRAINERS = {
     "vae": "latentdiff.train.vae",
@@ -82,10 +85,16 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="LoRA file/folder/repo id with optional scale; repeatable")
     p.add_argument("--classifier", default=None, help="noise-aware latent classifier folder or repo id")
     p.add_argument("--class", dest="class_label", default=None, help="class name or index for --classifier")
-    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale s")
+    p.add_argument("--classifier-scale", type=float, default=None,
+                   help="classifier guidance scale s (default: 1 with --classifier)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled (.bin/.ckpt) weights")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--from-png", default=None, help="regenerate from the parameters stored in a PNG we wrote")
+    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images in less memory)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="skip the estimate that refuses images too large for this machine's memory")
+    p.add_argument("--from-png", default=None,
+                   help="regenerate from the parameters stored in a PNG we wrote; options given on the command "
+                        "line win over the PNG's")
     g = p.add_argument_group("image-to-image, inpainting, outpainting, hires fix")
     g.add_argument("--image", default=None, help="start from this image (image-to-image; SDEdit)")
     g.add_argument("--strength", type=float, default=None,
@@ -106,7 +115,7 @@ def generate_parser() -> argparse.ArgumentParser:
     g.add_argument("--hires-upscaler", default="latent-bilinear",
                    help="latent-bilinear | latent-bicubic | latent-nearest | lanczos")
     g.add_argument("--hires-steps", type=int, default=None, help="steps of the hires pass (default: --steps)")
-    g.add_argument("--vae-tiling", action="store_true", help="tiled VAE decoding (large images, less memory)")
+
     return p
 
 
@@ -140,6 +149,54 @@ def _check_input_file(kind: str, recorded: dict, given: str | None) -> str | Non
     return path
 
 
+# --from-png: PNG parameter -> argparse destination (the PNG's value fills what the command line left unset)
+PNG_PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "model": "model", "sampler": "sampler",
+              "steps": "steps", "guidance_scale": "guidance", "eta": "eta", "seed": "seed", "height": "height",
+              "width": "width", "timestep_spacing": "spacing", "lora": "lora", "guidance_rescale": "guidance_rescale",
+              "classifier": "classifier", "class_label": "class_label", "classifier_scale": "classifier_scale",
+              "strength": "strength", "strength_steps": "strength_steps", "mask_blur": "mask_blur",
+              "keep_unmasked": "keep_unmasked", "only_masked": "only_masked", "only_masked_padding": "padding",
+              "outpaint": "outpaint", "hires_scale": "hires", "hires_strength": "hires_strength",
+              "hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps"}
+PNG_REQUIRED = ("prompt", "seed", "sampler", "steps", "guidance_scale", "height", "width")
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations the user actually gave on the command line (defaults suppressed)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def read_png_parameters(png: Path) -> dict:
+    """The generation parameters we stored in ``png``; every failure names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not png.is_file():
+        raise FileNotFoundError(f"--from-png {png} not found")
+    try:
+        with Image.open(png) as im:
+            im.load()  # reads all chunks: a truncated file fails here, not later
+            text = im.text.get(PNG_KEY)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"--from-png {png} is not a readable PNG ({' '.join(str(e).split())}); pass a PNG "
+                         "written by latentdiff generate") from None
+    if text is None:
+        raise ValueError(f"{png} carries no '{PNG_KEY}' parameters (was it written by latentdiff generate?)")
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{png}: its '{PNG_KEY}' parameters are not valid JSON ({e}); the file was edited or "
+                         "damaged") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{png}: its '{PNG_KEY}' parameters are a {type(params).__name__}, not an object")
+    missing = [k for k in PNG_REQUIRED if k not in params]
+    if missing:
+        raise ValueError(f"{png}: its '{PNG_KEY}' parameters lack {', '.join(missing)}; pass them on the command line "
+                         "or use a PNG written by latentdiff generate")
+    return params
+
+
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """"path:0.8" -> ("path", 0.8); "path" -> ("path", 1.0)."""
     head, sep, tail = spec.rpartition(":")
@@ -156,60 +213,88 @@ def _slug(text: str) -> str:
     return (s or "image")[:60]
 
 
+def unique_path(folder: Path, stem: str) -> Path:
+    """``folder/stem.png`` if free, else ``stem-1.png``, ``stem-2.png``, …: never an existing file."""
+    path, k = folder / f"{stem}.png", 0
+    while path.exists():
+        k += 1
+        path = folder / f"{stem}-{k}.png"
+    return path
+
+
+def save_new_png(image, folder: Path, stem: str, **save_kwargs) -> Path:
+    """Save under the first free name of :func:`unique_path`, without ever replacing a file (also
+    when another process takes the same name at the same moment)."""
+    from latentdiff.images import save_png_atomic
+
+    while True:
+        path = unique_path(folder, stem)
+        try:
+            save_png_atomic(image, path, exclusive=True, **save_kwargs)
+            return path
+        except FileExistsError:
+            continue  # taken between the check and the write: the next free name
+
+
 def generate(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
     if args.from_png:
-        from PIL import Image
-
         png = Path(args.from_png)
-        if not png.is_file():
-            raise FileNotFoundError(f"--from-png {png} not found")
-        text = Image.open(png).text.get(PNG_KEY)
-        if text is None:
-            raise ValueError(f"{png} carries no '{PNG_KEY}' parameters (was it written by latentdiff generate?)")
-        params = json.loads(text)
-        args.prompt, args.negative_prompt = params["prompt"], params["negative_prompt"] or None
-        args.model = params["model"] if args.model == "emoji" else args.model
-        args.sampler, args.steps, args.guidance = params["sampler"], params["steps"], params["guidance_scale"]
-        args.eta, args.seed, args.num_images = params["eta"], params["seed"], 1
-        args.height, args.width, args.spacing = params["height"], params["width"], params["timestep_spacing"]
-        args.lora = params.get("lora", [])
-        args.guidance_rescale = params.get("guidance_rescale", 0.0)
-        if params.get("classifier"):
-            args.classifier, args.class_label = params["classifier"], params["class_label"]
-            args.classifier_scale = params["classifier_scale"]
+        params = read_png_parameters(png)
+        given = explicit_options(generate_parser(), argv)
+        for key, dest in PNG_PARAMS.items():
+            if key.startswith("class") and not params.get("classifier"):
+                continue  # older PNGs stored classifier_scale=1.0 even without a classifier
+            if dest not in given and key in params:
+                setattr(args, dest, params[key])
+        if "num_images" not in given:
+            args.num_images = 1
+        args.negative_prompt = args.negative_prompt or None
         args.image = _check_input_file("image", params, args.image)
         args.mask = _check_input_file("mask", params, args.mask)
-        if args.image is not None:
-            args.strength, args.strength_steps = params["strength"], params.get("strength_steps", "diffusers")
-        if args.mask is not None or params.get("outpaint"):
-            args.mask_blur, args.keep_unmasked = params.get("mask_blur", 0.0), params.get("keep_unmasked", False)
-            args.only_masked = params.get("only_masked", False)
-            args.padding = params.get("only_masked_padding", args.padding)
-            args.outpaint = ",".join(str(v) for v in params["outpaint"]) if params.get("outpaint") else None
-        if params.get("hires_scale") is not None:
-            args.hires, args.hires_strength = params["hires_scale"], params["hires_strength"]
-            args.hires_upscaler, args.hires_steps = params["hires_upscaler"], params["hires_steps"]
-            args.height, args.width = params["base_height"], params["base_width"]  # height/width: the hires output
+        if isinstance(args.outpaint, list):
+            args.outpaint = ",".join(str(v) for v in args.outpaint)
+        if params.get("hires_scale") is not None:  # the recorded height/width are the hires output
+            for key, dest in (("base_height", "height"), ("base_width", "width")):
+                if dest not in given:
+                    setattr(args, dest, params[key])
     if args.prompt is None:
         raise ValueError("a prompt is required (use \"\" for an unconditional image), or --from-png FILE")
     if args.num_images < 1:
         raise ValueError(f"-n/--num-images must be >= 1, got {args.num_images}")
+    if args.classifier is None and (args.class_label is not None or args.classifier_scale is not None):
+        raise ValueError("--class and --classifier-scale need --classifier DIR (a noise-aware classifier); "
+                         "without it they would be ignored")
+    if args.classifier is not None and args.class_label is None:
+        raise ValueError("--classifier needs --class NAME (or index): the class to guide towards")
+    loras = []
+    for spec in args.lora:
+        path, scale = parse_lora_spec(spec)
+        if not math.isfinite(scale):
+            raise ValueError(f"--lora {spec}: the scale must be a finite number, got {scale}")
+        loras.append((path, scale))
+    from latentdiff.io import check_writable_dir, is_repo_id
+
+    if args.revision and not is_repo_id(str(args.model)):
+        raise ValueError(f"--revision {args.revision} applies to Hub repo ids only; --model {args.model} is not one")
+    out_dir = check_writable_dir(args.out, "--out")  # before minutes of sampling, not after
 
     import torch
 
+    from latentdiff.io import resolve_device
     from latentdiff.pipelines import TextToImagePipeline
 
+    resolve_device(args.device)
     pipe = TextToImagePipeline.from_pretrained(args.model, revision=args.revision, allow_pickle=args.allow_pickle,
                                                device=args.device)
-    for spec in args.lora:
-        path, scale = parse_lora_spec(spec)
+    for path, scale in loras:
         pipe.load_lora(path, scale=scale)
     classifier = None
     if args.classifier:
         from latentdiff.classifier import load_classifier
 
         classifier = load_classifier(args.classifier)
+    classifier_scale = (1.0 if args.classifier_scale is None else args.classifier_scale) if classifier else 0.0
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     if args.vae_tiling:
         pipe.enable_vae_tiling()
@@ -228,32 +313,26 @@ def generate(argv: list[str]) -> int:
                guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, height=args.height,
                width=args.width, num_images_per_prompt=args.num_images, seed=seed,
                timestep_spacing=args.spacing, classifier=classifier, class_label=args.class_label,
-               classifier_scale=args.classifier_scale, progress=True, **image_kw)
+               classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check, **image_kw)
     from latentdiff.pipelines.inputs import file_sha256
 
     files = {}
     for kind, path in (("image", args.image), ("mask", args.mask)):
         if path is not None:
             files.update({kind: str(path), f"{kind}_sha256": file_sha256(path)})
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     from PIL.PngImagePlugin import PngInfo
 
-    from latentdiff.images import make_grid, save_png_atomic
+    from latentdiff.images import make_grid
 
     for image, params in zip(out.images, out.parameters):
         params = {**params, "guidance_rescale": args.guidance_rescale, "lora": args.lora, "model": args.model,
                   "classifier": args.classifier, "class_label": args.class_label,
-                  "classifier_scale": args.classifier_scale, **files}
+                  "classifier_scale": classifier_scale if classifier else None, **files}
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params))
-        path = out_dir / f"{_slug(args.prompt)}-{params['seed']}.png"
-        save_png_atomic(image, path, pnginfo=info)
-        print(path)
+        print(save_new_png(image, out_dir, f"{_slug(args.prompt)}-{params['seed']}", pnginfo=info))
     if args.grid:
-        path = out_dir / "grid.png"
-        save_png_atomic(make_grid(out.images), path)
-        print(path)
+        print(save_new_png(make_grid(out.images), out_dir, "grid"))
     return 0
 
 
@@ -263,27 +342,27 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(MAIN_HELP)
         return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
-    try:
-        if cmd == "generate":
-            return generate(rest)
-        if cmd == "train":
-            if not rest or rest[0] in ("-h", "--help"):
-                print(f"usage: latentdiff train {{{','.join(TRAINERS)}}} [options]\n"
-                      "  e.g. latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji\n"
-                      "Run `latentdiff train KIND --help` for options.")
-                return 0 if rest else 2
-            if rest[0] not in TRAINERS:
-                raise ValueError(f"Unknown trainer {rest[0]!r}; choose one of {', '.join(TRAINERS)}")
-            return importlib.import_module(TRAINERS[rest[0]]).main(rest[1:]) or 0
-        if cmd == "eval":
-            return importlib.import_module("latentdiff.evaluation").main(rest) or 0
-        if cmd == "push":
-            return importlib.import_module("latentdiff.hub").push_main(rest) or 0
-        raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push")
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: dispatch(argv[0], argv[1:]))
+
+
+def dispatch(cmd: str, rest: list[str]) -> int:
+    """Run one subcommand; errors propagate to :func:`latentdiff.errors.run_cli`."""
+    if cmd == "generate":
+        return generate(rest)
+    if cmd == "train":
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: latentdiff train {{{','.join(TRAINERS)}}} [options]\n"
+                  "  e.g. latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji\n"
+                  "Run `latentdiff train KIND --help` for options.")
+            return 0 if rest else 2
+        if rest[0] not in TRAINERS:
+            raise ValueError(f"Unknown trainer {rest[0]!r}; choose one of {', '.join(TRAINERS)}")
+        return importlib.import_module(TRAINERS[rest[0]]).main(rest[1:]) or 0
+    if cmd == "eval":
+        return importlib.import_module("latentdiff.evaluation").main(rest) or 0
+    if cmd == "push":
+        return importlib.import_module("latentdiff.hub").push_main(rest) or 0
+    raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ writes the resolved config atomically, next to every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tempfile
 import types
 import typing
@@ -20,6 +22,8 @@ import yaml
 from latentdiff.io import replace_shared
 
 T = TypeVar("T")
+# a decimal number as people write it: 3e-4, 1E5, .5, -2.0e+3 (not nan/inf, which are never meant)
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -75,8 +79,14 @@ def _convert(value: Any, tp, where: str):
         _, vt = get_args(tp) or (str, Any)
         return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string; it is the number people mean
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -134,14 +144,34 @@ def to_dict(obj) -> dict:
 def load_config(path: str | os.PathLike, cls: type[T], overrides: dict | None = None) -> T:
     """Read YAML at ``path`` into ``cls``; ``overrides`` (dotted keys → values) win over the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"Config file {p} is a folder; pass a YAML file such as configs/tiny_unet.yaml")
     if not p.is_file():
         raise FileNotFoundError(f"Config file {p} not found; the configs shipped with latentdiff are in configs/")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not a UTF-8 text file ({e.reason} at byte {e.start}); pass a YAML config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}; fix the file (YAML needs 'key: value' lines "
+                          "with consistent indentation)") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")
-        for key in parents:
+        if not all(parents + [last]):
+            raise ConfigError(f"--set {dotted}: empty key; write dotted keys like optim.learning_rate")
+        for i, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[: i + 1])
+                raise ConfigError(f"--set {dotted}={value}: {section} is a value ({node!r}), not a section with keys; "
+                                  f"set it directly: --set {section}=VALUE")
         node[last] = value
     for name in getattr(cls, "CONFIG_REFERENCES", ()):
         if isinstance(data.get(name), str):

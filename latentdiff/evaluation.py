@@ -854,6 +854,27 @@ def get_evaluator(folder: Path, train_set: ImageSet, *, retrain: bool, epochs: i
     return net, meta
 
 
+def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
+    """Every input that a later stage would trip over, checked before the minutes of loading data and
+    training the evaluator: the device, the model folder, the samplers, the output paths."""
+    from latentdiff.io import check_writable_dir, resolve_device, resolve_model_dir
+    from latentdiff.samplers import get_sampler
+
+    resolve_device(args.device)
+    if [s for s in sections if s != "real"] or args.grid:
+        path = resolve_model_dir(args.model)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"--model {args.model}: {path} is not a pipeline folder (model_index.json is "
+                                    "missing)")
+    for name in [*(args.samplers.split(",") if "samplers" in sections else []), *([args.sampler] if args.sampler else [])]:
+        get_sampler(name.strip())
+    for flag, value in (("--out", args.out), ("--grid", args.grid)):
+        if value:
+            if Path(value).is_dir():
+                raise ValueError(f"{flag} {value} is a folder; pass a file path")
+            check_writable_dir(Path(value).parent, f"{flag} folder")
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the sections named in ``args.sections`` (see :func:`build_parser`); returns the results dict
     (tensors included under "images" keys; :func:`_jsonable` drops them)."""
@@ -863,6 +884,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(DEFAULT_SECTIONS)}")
     cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
     progress = not args.no_progress
+    check_eval_inputs(args, sections)
     results: dict = {"dataset": args.dataset, "label_columns": cols, "sections": sections}
     train_set = load_image_set(args.dataset, args.train_split, args.resolution, cols, progress=progress)
     test_full = align_labels(load_image_set(args.dataset, args.test_split, args.resolution, cols, progress=progress),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import numbers
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -31,13 +33,16 @@ from latentdiff.denoisers import (
     ScheduledConditioning,
     UNetDenoiser,
 )
-from latentdiff.diffusion import make_timesteps, q_sample, randn
+from latentdiff.diffusion import TIMESTEP_SPACINGS, make_timesteps, q_sample, randn
+from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
 from latentdiff.io import (
     PICKLE_SUFFIXES,
     atomic_dir,
     check_safetensors_file,
     check_weights,
+    read_json,
     replace_shared,
+    resolve_device,
     resolve_model_dir,
 )
 from latentdiff.lora import LoraMixin
@@ -49,6 +54,85 @@ logger = logging.getLogger("latentdiff")
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 LATENTDIFF_FILE = "latentdiff.json"  # our extras beside model_index.json (sampling defaults)
+# beside a saved pipeline: files our trainers add (replaced with the folder), files we keep (moved over)
+TRAINER_FILES = ("training_config.yaml", "training_summary.json")
+KEPT_FILES = ("README.md", ".gitattributes", ".git")
+MAX_SEED = 2**63 - 1
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can get now: free GPU memory; on CPU the kernel's MemAvailable, or less
+    where a cgroup (a container's memory limit) allows less."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    have = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 2**62  # unknown platform: do not refuse
+    try:  # cgroup v2: the container's limit minus what it uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(have, 0)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_number(name: str, value, lo: float | None = None, hi: float | None = None) -> None:
+    """``value`` is a finite real number in [lo, hi]: else a message naming ``name``."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+
+
+def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _check_texts(name: str, value, allow_none: bool) -> None:
+    """A string or a non-empty list/tuple of strings; TypeError naming the argument and the bad item."""
+    if value is None and allow_none or isinstance(value, str):
+        return
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} is an empty list: pass a string or a non-empty list of strings")
+        bad = [(i, v) for i, v in enumerate(value) if not isinstance(v, str)]
+        if bad:
+            i, v = bad[0]
+            raise TypeError(f"{name}[{i}] must be a string, got {type(v).__name__} {v!r}")
+        return
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__} {value!r}")
+
+
+def nonfinite_parameters(module: torch.nn.Module, limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) parameters/buffers holding NaN or Inf."""
+    bad = []
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
 
 
 @dataclass
@@ -101,6 +185,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        device = resolve_device(device)  # an unusable device fails before minutes of loading
         path = resolve_model_dir(name_or_path, revision=revision)
         if path.is_file():
             raise ValueError(f"{path} is a single file; load single-file checkpoints with "
@@ -114,20 +199,29 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             raise FileNotFoundError(f"{path} lacks the component folder(s) {', '.join(missing)}")
         check_weights(path, allow_pickle=allow_pickle)
         use_safetensors = None if allow_pickle else True
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
-                                                    use_safetensors=use_safetensors)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype,
-                                            use_safetensors=use_safetensors)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch_dtype,
-                                                     use_safetensors=use_safetensors)
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+
+        def load(sub, fn, **kwargs):
+            try:
+                return fn(path, subfolder=sub, **kwargs)
+            except (OSError, ValueError) as e:  # a broken config.json, missing or mismatched weights
+                raise UserError(f"{path / sub} cannot be loaded ({' '.join(str(e).split())[:300]}); the model folder "
+                                "is damaged or incomplete: re-download or re-save it") from None
+
+        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype,
+                    use_safetensors=use_safetensors)
+        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch_dtype, use_safetensors=use_safetensors)
+        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype,
+                            use_safetensors=use_safetensors)
+        tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
         sched_file = path / "scheduler" / "scheduler_config.json"
-        scheduler_config = SchedulerConfig.from_diffusers(json.loads(sched_file.read_text()))
+        if not sched_file.is_file():
+            raise FileNotFoundError(f"{sched_file} is missing; the pipeline folder {path} is incomplete")
+        scheduler_config = SchedulerConfig.from_diffusers(read_json(sched_file, "the scheduler config"))
         defaults = SamplingDefaults()
         extras = path / LATENTDIFF_FILE
         if extras.exists():
             # the same strict loader as the YAML configs: unknown keys, wrong types and values are errors
-            defaults = from_dict(SamplingDefaults, json.loads(extras.read_text()).get("defaults", {}),
+            defaults = from_dict(SamplingDefaults, read_json(extras, "the sampling defaults").get("defaults", {}),
                                  where=f"{extras} defaults")
         pipe = cls(unet, vae, text_encoder, tokenizer, scheduler_config, defaults, name=str(name_or_path))
         return pipe.to(device)
@@ -154,10 +248,17 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
         """Write the diffusers folder layout (safetensors only), atomically. ``dtype=torch.float16``
-        stores half-precision weights (the shipped model)."""
+        stores half-precision weights (the shipped model). An existing folder is replaced only if it
+        holds nothing but a pipeline we wrote (a README.md model card is kept); a folder with anyone
+        else's files is refused before anything is written over it."""
         import diffusers
 
-        with atomic_dir(save_directory) as tmp:
+        for name in ("unet", "vae", "text_encoder"):
+            bad = nonfinite_parameters(getattr(self, name))
+            if bad:
+                raise NonFiniteError(f"not saving {save_directory}: the {name} weights hold NaN/Inf ({', '.join(bad)})")
+        layout = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json", LATENTDIFF_FILE)
+        with atomic_dir(save_directory, also_ours=TRAINER_FILES, keep=KEPT_FILES, expect=layout) as tmp:
             for name in ("unet", "vae", "text_encoder"):
                 module = getattr(self, name)
                 if dtype is None or module.dtype == dtype:
@@ -187,6 +288,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             (tmp / LATENTDIFF_FILE).write_text(json.dumps({"defaults": asdict(self.defaults)}, indent=2))
 
     def to(self, device: str | torch.device) -> "TextToImagePipeline":
+        device = resolve_device(device)
         for m in (self.unet, self.vae, self.text_encoder):
             m.to(device)
         return self
@@ -252,13 +354,17 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W): D(z / scaling_factor). A half-precision VAE that overflows
-        to NaN/Inf (diffusers #4325, A1111 #10227) is retried once in fp32, with a warning."""
+        to NaN/Inf (diffusers #4325, A1111 #10227) is retried once in fp32, with a warning; a decode
+        that is still not finite raises :class:`NonFiniteError` (clamping would turn it into a black or
+        white image)."""
         z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        x = self.vae.decode(z).sample
+        x = self.vae.decode(z).sample.float()
         if self.vae.dtype != torch.float32 and not torch.isfinite(x).all():
             logger.warning("the %s VAE decoded NaN/Inf; decoding again in float32", self.vae.dtype)
-            x = self._vae_fp32().decode(latents.float() / self.vae.config.scaling_factor).sample
-        return (x.float() / 2 + 0.5).clamp(0, 1)
+            x = self._vae_fp32().decode(latents.float() / self.vae.config.scaling_factor).sample.float()
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(self._nonfinite_cause("the decoded images"))
+        return (x / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
@@ -283,6 +389,133 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         """Tiled VAE encode/decode (diffusers' ``AutoencoderKL.enable_tiling``): memory grows with the
         tile, not the image, for large images; seams are blended."""
         self.vae.enable_tiling() if enabled else self.vae.disable_tiling()
+
+    # ------------------------------------------------------------------ checks, in one place
+
+    def check_inputs(self, prompt, negative_prompt, *, steps, sampler, eta, guidance_scale, guidance_rescale, height,
+                     width, num_images_per_prompt, seed, generator, latents, output_type, callback,
+                     timestep_spacing, classifier, class_label, classifier_scale) -> None:
+        """Every argument of a call, before any work (diffusers' ``check_inputs``): types, finite
+        numbers in range, and options that would do nothing. The CLI, the Python API and anything
+        built on them get the same messages."""
+        _check_texts("prompt", prompt, allow_none=False)
+        _check_texts("negative_prompt", negative_prompt, allow_none=True)
+        get_sampler(sampler)
+        T = self.scheduler_config.num_train_timesteps
+        _check_int("num_inference_steps", steps, 1, T)
+        _check_number("guidance_scale", guidance_scale)
+        _check_number("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        _check_number("eta", eta, 0.0, 1.0)
+        if eta and sampler != "ddim":
+            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
+        _check_int("height", height)
+        _check_int("width", width)
+        f = self.vae_scale_factor
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
+        _check_int("num_images_per_prompt", num_images_per_prompt)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+        if seed is not None:
+            for i, s in enumerate([seed] if not isinstance(seed, (list, tuple)) else seed):
+                _check_int("seed" if not isinstance(seed, (list, tuple)) else f"seed[{i}]", s, 0, MAX_SEED)
+        if generator is not None and not isinstance(generator, (torch.Generator, list, tuple)):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor):
+                raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise NonFiniteError("latents contain NaN or Inf (or are not floating point); pass finite "
+                                     "initial noise, or latents=None to draw it")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}")
+        if not callable(classifier_scale):
+            _check_number("classifier_scale", classifier_scale)
+        # options that would be silently ignored
+        if classifier is None and class_label is not None:
+            raise ValueError(f"class_label={class_label!r} needs a classifier (classifier=..., --classifier DIR); "
+                             "without one it would be ignored")
+        if classifier is None and (callable(classifier_scale) or classifier_scale):
+            raise ValueError("classifier_scale needs a classifier (classifier=..., --classifier DIR); without one it "
+                             "would be ignored")
+        if classifier is not None and class_label is None:
+            raise ValueError("a classifier needs class_label (--class NAME or index): the class to guide towards")
+        if guidance_scale == 1.0 and guidance_rescale:
+            raise ValueError(f"guidance_rescale={guidance_rescale} has no effect with guidance_scale=1 (no "
+                             "classifier-free guidance); drop it or set guidance_scale > 1")
+        if guidance_scale == 1.0 and negative_prompt:
+            raise ValueError("negative_prompt has no effect with guidance_scale=1 (no classifier-free guidance); "
+                             "drop it or set guidance_scale > 1")
+
+    def estimate_memory(self, batch: int, height: int, width: int, guided: bool = True) -> dict[str, int]:
+        """Rough peak bytes of one call, by stage: the U-Net's activations (and attention scores where
+        they are materialised) at the batch it runs (2x with classifier-free guidance), and the VAE
+        decoder's full-resolution activations (per tile when ``vae.enable_tiling()`` is on). An
+        estimate, meant to refuse what cannot fit, not to predict to the byte: the factors (10 live
+        U-Net tensors per level, 8 in the decoder) are calibrated on the emoji model at 1024×1024 on
+        CPU, where the peak RSS rose by 0.59 GiB while sampling (estimate 0.57) and by 0.47 GiB more
+        while decoding (estimate 1.0)."""
+        f = self.vae_scale_factor
+        item = torch.finfo(self.unet.dtype).bits // 8
+        h, w = height // f, width // f
+        b = batch * (2 if guided else 1)
+        uc = self.unet.config
+        unet_bytes, attn_bytes = 0, 0
+        sdpa = all(type(p).__name__ in ("AttnProcessor2_0", "XFormersAttnProcessor")
+                   for p in getattr(self.unet, "attn_processors", {}).values())
+        heads = uc.attention_head_dim if isinstance(uc.attention_head_dim, int) else max(uc.attention_head_dim)
+        for i, (c, kind) in enumerate(zip(uc.block_out_channels, uc.down_block_types)):
+            n = (h >> i) * (w >> i)
+            unet_bytes += 10 * b * c * n * item  # resnet temporaries and the skip connections kept for the up path
+            if "CrossAttn" in kind:
+                per = n * (c // heads) * 4 if sdpa else n * n  # q, k, v, out per head vs. the score matrix
+                attn_bytes = max(attn_bytes, b * heads * per * item)
+        vc = self.vae.config
+        H, W = height, width
+        if getattr(self.vae, "use_tiling", False):
+            tile = int(getattr(self.vae, "tile_sample_min_size", 512))
+            H, W = min(H, tile), min(W, tile)
+        vae_bytes = 8 * batch * max(c * (H >> j) * (W >> j) for j, c in enumerate(vc.block_out_channels)) * item
+        vae_attn = batch * (H // f) * (W // f) * (H // f) * (W // f) * item if not sdpa else 0
+        return {"unet": unet_bytes + attn_bytes, "vae_decode": vae_bytes + vae_attn}
+
+    def check_memory(self, batch: int, height: int, width: int, guided: bool = True) -> None:
+        """:class:`MemoryLimitError` when :meth:`estimate_memory` exceeds the device's available memory."""
+        est = self.estimate_memory(batch, height, width, guided)
+        need = max(est.values())  # the stages run one after the other
+        have = available_memory(self.device)
+        if need <= have:
+            return
+        gib = 2**30
+        tiled = getattr(self.vae, "use_tiling", False)
+        hint = ""
+        if est["vae_decode"] > have and not tiled:
+            hint = " The VAE decode would fit in tiles: pipe.vae.enable_tiling() (--vae-tiling)."
+        raise MemoryLimitError(
+            f"{batch} image(s) of {height}×{width} need about {need / gib:.1f} GiB on {self.device} (U-Net "
+            f"{est['unet'] / gib:.1f} GiB, VAE decode {est['vae_decode'] / gib:.1f} GiB) but only "
+            f"{have / gib:.1f} GiB is available: lower height/width or the number of images.{hint} "
+            "If you know your machine, check_memory=False (--no-memory-check) skips this check.")
+
+    def _nonfinite_cause(self, what: str, cond: torch.Tensor | None = None, guidance_scale: float | None = None,
+                         eta: float | None = None) -> str:
+        """Why ``what`` holds NaN/Inf: the first module with non-finite weights, else the embeddings, else
+        the numbers of the call."""
+        for name in ("text_encoder", "unet", "vae"):
+            bad = nonfinite_parameters(getattr(self, name))
+            if bad:
+                return (f"{what} contain NaN/Inf because the {name} weights do ({', '.join(bad)}): the model files "
+                        f"of {self.name or 'this pipeline'} are corrupt; re-download or re-save them")
+        if cond is not None and not torch.isfinite(cond).all():
+            return f"{what} contain NaN/Inf: the text embeddings are not finite (text encoder of {self.name})"
+        if guidance_scale is None:
+            return f"{what} contain NaN/Inf: the VAE decode overflowed (latents out of range?)"
+        return (f"{what} contain NaN/Inf: sampling diverged (guidance_scale={guidance_scale}, eta={eta}); "
+                "lower guidance_scale, or try another sampler or more steps")
 
     @torch.no_grad()
     def __call__(
@@ -325,6 +558,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         negative_prompt_embeds: torch.Tensor | None = None,
         prompt_normalization: str | None = None,
         lora_dir: str | os.PathLike | None = None,
+        check_memory: bool = True,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
         image reproducible on its own; ``generator`` is the diffusers-style alternative.
@@ -355,15 +589,17 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         ``[a|b]``, textual-inversion tokens, and ``<lora:name:w>`` tags resolved in ``lora_dir``
         (default ``pipe.lora_dir``) for this call only. ``prompt_embeds`` /
         ``negative_prompt_embeds`` (B, 77·k, D) replace the text, as in diffusers.
+
+        Every argument is checked first (:meth:`check_inputs`), and the memory the call needs is
+        estimated against what the device has (:meth:`check_memory`; ``check_memory=False`` skips
+        it). NaN or Inf in the latents or the decoded images stop with :class:`NonFiniteError`
+        naming the cause, instead of returning a black image.
         """
         from latentdiff.prompts import extract_lora_tags
 
         tags: dict[str, float] = {}
         if prompt_embeds is None:
-            if prompt is None or not (isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
-                                                                 and all(isinstance(p, str) for p in prompt))):
-                raise TypeError(f"prompt must be a string or a list of strings (or pass prompt_embeds=); "
-                                f"got {type(prompt).__name__}")
+            _check_texts("prompt", prompt, allow_none=False)
             for p in [prompt] if isinstance(prompt, str) else prompt:
                 for name, scale in extract_lora_tags(p)[1]:
                     if tags.get(name, scale) != scale:
@@ -376,16 +612,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             sampler = d.sampler if sampler is None else sampler
             guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
             eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
-            sample_fn = get_sampler(sampler)
-            if not isinstance(steps, int) or steps < 1:
-                raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-            if eta and sampler != "ddim":
-                raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
             f = self.vae_scale_factor
-            if output_type not in OUTPUT_TYPES:
-                raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-            if num_images_per_prompt < 1:
-                raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
             unet_channels = self.unet.config.in_channels
             latent_channels = self.vae.config.latent_channels
             inpaint_unet = unet_channels == latent_channels * 2 + 1
@@ -398,10 +625,21 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                 height, width, strength = init["height"], init["width"], init["strength"]
             height = self.default_size if height is None else height
             width = self.default_size if width is None else width
-            if height % f or width % f or height <= 0 or width <= 0:
-                raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
+            self.check_inputs(prompt if prompt_embeds is None else "", negative_prompt, steps=steps, sampler=sampler,
+                              eta=eta, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                              height=height, width=width, num_images_per_prompt=num_images_per_prompt, seed=seed,
+                              generator=generator, latents=latents, output_type=output_type, callback=callback,
+                              timestep_spacing=timestep_spacing, classifier=classifier, class_label=class_label,
+                              classifier_scale=classifier_scale)
+            sample_fn = get_sampler(sampler)
             if hires_scale is not None:
                 _check_hires(hires_scale, hires_strength, hires_upscaler, hires_steps, height, width, f)
+            if check_memory:
+                n_prompts = prompt_embeds.shape[0] if prompt_embeds is not None else \
+                    (1 if isinstance(prompt, str) else len(prompt))
+                scale = hires_scale or 1.0
+                self.check_memory(n_prompts * num_images_per_prompt, int(height * scale) // f * f,
+                                  int(width * scale) // f * f, guided=guidance_scale != 1.0)
 
             # 1. the sampler's timesteps (the tail of the schedule when starting from an image)
             spacing = timestep_spacing or self.default_timestep_spacing
@@ -473,6 +711,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                     latents = randn(shape, generator=generator, device=self.device, dtype=torch.float32)
                 elif tuple(latents.shape) != shape:
                     raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+                else:
+                    latents = latents.to(self.device, torch.float32)
                 noise = latents
                 if init is not None and strength < 1.0:
                     latents = q_sample(image_latents, int(timesteps[0]), noise, self.alphas_cumprod)
@@ -496,6 +736,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             if len(timesteps):
                 latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
                                     progress=progress, **options)
+            if not torch.isfinite(latents).all():
+                raise NonFiniteError(self._nonfinite_cause("the sampled latents", None, guidance_scale, eta))
 
             # 7. hires fix: upscale, then image-to-image at the larger size (same prompts, guidance, generators)
             base_size = (height, width)

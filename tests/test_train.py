@@ -202,8 +202,10 @@ def test_failed_save_leaves_previous_checkpoint_usable(tmp_path):
     accelerator.save_state = crashing_save_state
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_checkpoint(accelerator, out, 6, cfg, {"loss": 0.0}, keep=2)
-    assert (out / "checkpoints" / ".tmp-checkpoint-6").exists()  # the partial write exists...
-    assert resolve_resume(out, "latest") == out / "checkpoints" / "checkpoint-4"  # ...and is ignored
+    assert not (out / "checkpoints" / ".tmp-checkpoint-6").exists()  # an error we see removes the partial write
+    with pytest.raises(RuntimeError):
+        crashing_save_state(out / "checkpoints" / ".tmp-checkpoint-6")  # the partial write a SIGKILL leaves...
+    assert resolve_resume(out, "latest") == out / "checkpoints" / "checkpoint-4"  # ...is ignored
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         resolve_resume(out, str(out / "checkpoints" / ".tmp-checkpoint-6"))
     # the previous checkpoint resumes and training continues; the stale temp folder is cleaned up

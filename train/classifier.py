@@ -45,8 +45,11 @@ from .common import (
     MixedPrecision,
     OptimConfig,
     Timer,
+    begin_run,
     build_parser,
     cache_key,
+    check_finite,
+    check_loop_settings,
     hash_module,
     load_checkpoint,
     load_tensors,
@@ -55,11 +58,11 @@ from .common import (
     make_accelerator,
     make_lr_scheduler,
     make_optimizer,
-    resolve_resume,
     save_checkpoint,
     save_tensors_atomic,
     seed_everything,
     set_cpu_threads,
+    start_run,
     step_generator,
     write_summary,
 )
@@ -107,6 +110,7 @@ class ClassifierTrainConfig:
     eval_noise_draws: int = 4        # (z, ε) draws per test latent and t
 
     def validate(self):
+        check_loop_settings(self)
         if not self.vae_from:
             raise ConfigError("vae_from is empty: set it (--vae-from) to the model whose latents the classifier "
                               "will guide: a pipeline folder, a VAE folder, 'emoji' or a Hub repo id")
@@ -375,10 +379,11 @@ def batch_indices(labels: torch.Tensor, num_classes: int, batch: int, balanced: 
     return torch.multinomial(weights, batch, replacement=True, generator=generator)
 
 
-def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Train the classifier as configured; returns the training summary (also in final/training_summary.json)."""
     timer = Timer()
     set_cpu_threads(cfg.cpu_threads)
+    ckpt = start_run(cfg.output_dir, resume, trainer="classifier", overwrite=overwrite, exports=("final",), cfg=cfg)
     out = Path(cfg.output_dir)
     o, d = cfg.optim, cfg.data
 
@@ -407,6 +412,7 @@ def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: st
     cfg = dataclasses.replace(cfg, classifier=c)
     del vae
     if accelerator.is_main_process:
+        begin_run(out, trainer="classifier", fresh=ckpt is None, overwrite=overwrite)
         save_config(cfg, out / CONFIG_FILE)
     torch.manual_seed(cfg.seed)
     model = NoisyLatentClassifier(c).train()
@@ -422,7 +428,6 @@ def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: st
     accelerator.register_for_checkpointing(lr_scheduler)
     global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
     step = 0
-    ckpt = resolve_resume(out, resume)
     if ckpt is not None:
         step = load_checkpoint(accelerator, ckpt)["step"]
         logger.info("resumed from %s at step %d", ckpt, step)
@@ -461,6 +466,7 @@ def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: st
         bar.update(1)
         if step % cfg.log_every == 0 or step == o.max_train_steps:
             last_loss = float(accelerator.reduce(running, "mean")) / running_n
+            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
             running.zero_()
             running_n = 0
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
@@ -473,6 +479,8 @@ def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: st
     bar.close()
 
     # ---- final weights, accuracy versus t on the test split, summary
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"classifier": accelerator.unwrap_model(model)})
     summary: dict = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -49,6 +49,8 @@ from latentdiff.config import atomic_write_text, load_config, save_config
 from latentdiff.evaluation import COLOUR_WORDS, SKIN_TONE_RE, SKIN_TONES, load_image_set, random_affine
 from latentdiff.models import ModelConfig, TextEncoderConfig
 
+from .common import check_finite
+
 logger = logging.getLogger("latentdiff.train.clip")
 
 # Captions held out from training with `holdout_colour_shapes` (the measurement of
@@ -316,7 +318,7 @@ def save_outputs(output_dir: Path, clip, tokenizer, cfg: ClipConfig, summary: di
 
 
 def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_train_steps: int | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train the tiny CLIP described by ``cfg`` (with its text tower resolved) and write the outputs.
     Returns the summary dict (also written to ``summary.json``)."""
     from tqdm.auto import tqdm
@@ -325,10 +327,21 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
 
     assert cfg.text_encoder is not None, "resolve model_config with load_clip_config first"
     tc = cfg.training
+    if not str(output_dir).strip():
+        raise ValueError("--output-dir is empty, which would write into the current folder; pass a folder")
     output_dir = Path(output_dir)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
+    earlier = [p for p in ("checkpoint", "text_encoder", "clip") if (output_dir / p).exists()]
+    if earlier and not resume and not overwrite:
+        from latentdiff.errors import OutputExistsError
+
+        raise OutputExistsError(
+            f"--output-dir {output_dir} already holds a CLIP run ({', '.join(earlier)}); continue it with --resume, "
+            "choose a new --output-dir, or pass --overwrite-output-dir to replace it")
+    from latentdiff.io import resolve_device
+
+    dev = resolve_device(device)
     steps = tc.steps if max_train_steps is None else max_train_steps
     if steps < 1:
         raise ValueError(f"the number of training steps must be >= 1, got {steps}")
@@ -414,6 +427,8 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
         loss_ema = loss.detach().float() if loss_ema is None else loss_ema.lerp(loss.detach().float(), 0.05)
         done = step + 1
         if done % 10 == 0 or done == steps:
+            check_finite(done, output_dir, float(loss_ema), hint="lower training.learning_rate",
+                         last_good=checkpoint)
             bar.set_postfix(loss=f"{float(loss_ema):.3f}", T=f"{float(clip.logit_scale.detach().exp()):.1f}")
         if eval_images is not None and ((tc.eval_every and done % tc.eval_every == 0) or done == steps):
             report = zero_shot_report(clip, tokenizer, eval_images, eval_captions)
@@ -425,12 +440,16 @@ def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_t
                 f.write(json.dumps(row) + "\n")
             bar.write(json.dumps(row))
         if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps:
+            check_finite(done, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",
+                         last_good=checkpoint)
             _save_checkpoint(checkpoint, clip, optimizer, scheduler, done, generator)
     bar.close()
     seconds = time.perf_counter() - t0
 
     # 4. outputs
     clip.eval()
+    check_finite(steps, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",  # no NaN export
+                 last_good=checkpoint)
     _save_checkpoint(checkpoint, clip, optimizer, scheduler, steps, generator)
     final = zero_shot_report(clip, tokenizer, eval_images, eval_captions) if eval_images is not None else None
     summary = {
@@ -484,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--max-train-steps", type=int, default=None, help="override training.steps")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start afresh in an OUTPUT_DIR that holds another run (replacing its checkpoint and outputs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML syntax), e.g. training.learning_rate=5e-4; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -495,11 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=500")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_clip_config(args.config, overrides)
     summary = train(cfg, args.output_dir, device=args.device, max_train_steps=args.max_train_steps,
-                    resume=args.resume, progress=not args.no_progress)
+                    resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite_output_dir)
     _print_summary(summary, Path(args.output_dir))
     return 0
 

@@ -136,6 +136,8 @@ def build_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentP
     p.add_argument("--num-threads", type=int, help="override cpu_threads (torch CPU threads; 0 = torch's default)")
     p.add_argument("--resume", metavar="latest|PATH",
                    help="continue from the newest complete checkpoint in output_dir/checkpoints, or from PATH")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start a fresh run in an output_dir that holds another run (its checkpoints are deleted)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted for sections, YAML-typed: --set optim.learning_rate=3e-4")
     return p
@@ -148,7 +150,11 @@ def parse_overrides(items: Sequence[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.learning_rate=3e-4")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())}); quote "
+                              "strings with special characters") from None
     return out
 
 
@@ -163,7 +169,29 @@ def load_train_config(args: argparse.Namespace, cls):
         overrides["device"] = args.device
     if args.num_threads is not None:
         overrides["cpu_threads"] = args.num_threads
+    if "model" not in overrides:
+        found = _model_config_beside(args.config)
+        if found:
+            overrides["model"] = found
     return load_config(args.config, cls, overrides)
+
+
+def _model_config_beside(config_path: str) -> str | None:
+    """The shipped training configs name their model config as ``configs/tiny.yaml``, a path from the
+    repository root; run from anywhere else, that is the file of the same name beside the training
+    config. Returns that path when the written one does not exist from here (None otherwise)."""
+    try:
+        data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # load_config reports it
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model or Path(model).is_absolute() or Path(model).is_file():
+        return None
+    beside = Path(config_path).parent / Path(model).name
+    if beside.is_file():
+        logger.info("model: %s is not a file from here; using %s beside the config", model, beside)
+        return str(beside)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,6 +399,21 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     return ImageData(images, captions, d.source, split)
 
 
+def load_validation_data(d: DataConfig, resolution: int) -> ImageData | None:
+    """The held-out split ``d.validation_split``, or None: when it is "" (none), and when the source
+    has no such split (a flat image folder, a single Parquet file), with a note saying so; README's
+    own-data command then trains without validation instead of failing."""
+    from latentdiff.errors import MissingSplitError
+
+    if not d.validation_split:
+        return None
+    try:
+        return load_image_data(d, d.validation_split, resolution)
+    except MissingSplitError as e:
+        logger.warning("training without validation: %s", e)
+        return None
+
+
 def to_pixels(images_u8: torch.Tensor, flip: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
     """uint8 (B, 3, R, R) → float in [-1, 1]; ``flip`` (B,) bool mirrors those images horizontally."""
     x = images_u8.to(dtype) / 127.5 - 1.0
@@ -449,9 +492,119 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+RUN_FILE = "run.json"  # which trainer and run wrote this output_dir (a fresh run writes a new one)
+
+
+def start_run(output_dir: str, resume: str | None, *, trainer: str, overwrite: bool = False,
+              exports: Sequence[str] = ("final",), cfg=None) -> Path | None:
+    """Check ``output_dir`` before any long work (reading only) and return the checkpoint to resume
+    from, or None for a fresh run; :func:`begin_run` writes, once the run really starts.
+
+    * an empty ``output_dir`` is an error (it would mean the current folder);
+    * a fresh run (no ``resume``) into a folder that holds another run (complete checkpoints or an
+      export such as ``final/``) is refused: its checkpoints would outrank the new ones when pruning,
+      ``final/`` would be replaced and ``--resume latest`` would pick the old run. ``overwrite``
+      (``--overwrite-output-dir``) lets :func:`begin_run` delete that run's checkpoints;
+    * ``resume`` into a folder written by another trainer is refused;
+    * ``resume="latest"`` skips checkpoints whose files are damaged (truncated by a crash or a full
+      disk), falling back to the newest intact one, with a warning naming what was skipped;
+    * ``--set`` changes that a resume would silently undo (the optimizer's and the LR schedule's
+      settings come back from the checkpoint) are refused: see :func:`check_resume_overrides`.
+    """
+    from latentdiff.errors import OutputExistsError, UserError
+
+    if not str(output_dir).strip():
+        raise UserError("output_dir is empty, which would write into the current folder; set --output-dir DIR")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out} is a file, not a folder; choose another --output-dir")
+    if getattr(cfg, "device", None) == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available (or torch was built without CUDA); use "
+                        "--device cpu or --device auto")
+    previous = _read_run_record(out)
+    if previous.get("trainer") not in (None, trainer):
+        raise UserError(f"output_dir {out} holds a `latentdiff train {previous['trainer']}` run, not a {trainer} "
+                        "run; choose another --output-dir")
+    if resume:
+        ckpt = resolve_resume(out, resume)
+        if ckpt is not None:
+            if cfg is not None:
+                check_resume_overrides(ckpt, cfg)
+            return ckpt
+        # --resume latest with no checkpoint yet starts from scratch: the same checks as a fresh run
+    found = list_checkpoints(out)
+    exported = [out / e for e in exports if (out / e).exists()]
+    if (found or exported) and not overwrite:
+        parts = [str(found[-1][1]) + (f" and {len(found) - 1} older checkpoint(s)" if len(found) > 1 else "")
+                 ] if found else []
+        raise OutputExistsError(
+            f"output_dir {out} already holds a training run ({', '.join(parts + [str(p) for p in exported])}); "
+            "continue it with --resume latest, choose a new --output-dir, or pass --overwrite-output-dir to "
+            "start afresh there")
+    return None
+
+
+# restored by accelerator.load_state (optimizer param groups, LR scheduler state), whatever the config says now
+RESTORED_ON_RESUME = ("optim.learning_rate", "optim.lr_scheduler", "optim.lr_warmup_steps", "optim.adam_beta1",
+                      "optim.adam_beta2", "optim.adam_weight_decay", "optim.adam_epsilon")
+
+
+def check_resume_overrides(ckpt: Path, cfg) -> None:
+    """A resumed run takes its learning rate, schedule and Adam settings from the checkpoint; a config
+    that asks for other values would be silently ignored, so it is an error naming them."""
+    from latentdiff.config import to_dict
+    from latentdiff.errors import UserError
+
+    try:
+        saved = yaml.safe_load((ckpt / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # an older checkpoint without its config: nothing to compare
+    now = to_dict(cfg)
+
+    def get(d, dotted):
+        for k in dotted.split("."):
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+
+    changed = [f"{k} {get(saved, k)!r} -> {get(now, k)!r}" for k in RESTORED_ON_RESUME
+               if get(saved, k) is not None and get(now, k) is not None and get(saved, k) != get(now, k)]
+    if changed:
+        raise UserError(f"--resume {ckpt}: {', '.join(changed)} would be ignored (the optimizer and the learning-rate "
+                        "schedule continue from the checkpoint); keep the checkpoint's values, or start a new run "
+                        "(--overwrite-output-dir or another --output-dir) to change them")
+
+
+def begin_run(output_dir: Path, *, trainer: str, fresh: bool, overwrite: bool = False) -> None:
+    """The writes :func:`start_run` checked for (main process, once the run starts): delete the
+    previous run's checkpoints when ``overwrite`` (only ``checkpoint-N`` folders we wrote), and
+    record which trainer writes this folder (``run.json``)."""
+    out = Path(output_dir)
+    if fresh and overwrite:
+        found = list_checkpoints(out)
+        for _, p in found:
+            shutil.rmtree(p)
+        if found:
+            logger.warning("--overwrite-output-dir: deleted the previous run's %d checkpoint(s) in %s", len(found),
+                           checkpoint_dir(out))
+    if fresh or not (out / RUN_FILE).is_file():
+        atomic_write_text(out / RUN_FILE, json.dumps({"trainer": trainer, "run_id": os.urandom(8).hex(),
+                                                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                                     indent=2))
+
+
+def _read_run_record(out: Path) -> dict:
+    try:
+        data = json.loads((out / RUN_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    """``None`` → start fresh; ``"latest"`` → newest complete checkpoint (None, with a message, when
-    there is none yet); a path → that checkpoint, which must be complete."""
+    """``None`` → start fresh; ``"latest"`` → newest complete, intact checkpoint (None, with a message,
+    when there is none yet); a path → that checkpoint, which must be complete and intact."""
+    from latentdiff.errors import UserError
+
     if not resume:
         return None
     if resume == "latest":
@@ -459,37 +612,137 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
         if not found:
             logger.info("--resume latest: no checkpoint in %s yet; starting from scratch", checkpoint_dir(output_dir))
             return None
-        return found[-1][1]
+        for _, path in reversed(found):
+            problem = damaged_files(path)
+            if not problem:
+                return path
+            logger.warning("checkpoint %s is damaged (%s); falling back to the previous complete checkpoint",
+                           path, problem)
+        raise UserError(f"--resume latest: every checkpoint in {checkpoint_dir(output_dir)} is damaged; start a "
+                        "fresh run (--overwrite-output-dir) or restore one from a backup")
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder ({STATE_FILE} missing); "
                                 f"pass 'latest' or a folder like {checkpoint_dir(output_dir)}/checkpoint-1000")
+    problem = damaged_files(path)
+    if problem:
+        raise UserError(f"--resume {resume}: the checkpoint is damaged ({problem}); pass an older checkpoint or "
+                        "--resume latest (which skips damaged ones)")
     return path
+
+
+def damaged_files(path: Path) -> str:
+    """'' if every file of checkpoint ``path`` reads back whole, else what is wrong with the first bad
+    one: safetensors headers and sizes, the zip directory and CRCs of torch.save files, JSON/YAML."""
+    import zipfile
+
+    from latentdiff.io import check_safetensors_file
+
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            if f.suffix == ".safetensors":
+                check_safetensors_file(f)
+            elif f.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                if not zipfile.is_zipfile(f):
+                    return f"{f.name} is truncated or not a torch file"
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    return f"{f.name}: {bad} is corrupt"
+            elif f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix in (".yaml", ".yml"):
+                yaml.safe_load(f.read_text())
+        except (ValueError, OSError, zipfile.BadZipFile, yaml.YAMLError) as e:
+            return f"{f.name}: {' '.join(str(e).split())[:200]}"
+    return ""
+
+
+def check_finite(step: int, output_dir: Path, loss: float | None = None, modules: dict | None = None,
+                 hint: str = "lower optim.learning_rate (or set optim.max_grad_norm)",
+                 last_good: Path | None = None) -> None:
+    """Stop a diverged run before it writes anything: a NaN/Inf ``loss`` or weights of ``modules``
+    raise :class:`NonFiniteError` naming the step, the cause and the last good checkpoint
+    (``last_good``, else the newest in ``output_dir/checkpoints``)."""
+    from latentdiff.errors import NonFiniteError
+
+    problem = ""
+    if loss is not None and not math.isfinite(loss):
+        problem = f"the training loss is {loss}"
+    for name, module in (modules or {}).items():
+        if problem:
+            break
+        bad = [n for n, p in module.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            problem = f"the {name} weights hold NaN/Inf ({', '.join(bad[:3])})"
+    if not problem:
+        return
+    found = [p for _, p in list_checkpoints(output_dir)] if last_good is None else \
+        [last_good] if last_good.exists() else []
+    last = (f"the last good checkpoint is {found[-1]} (continue from it with --resume once fixed)"
+            if found else "no checkpoint was saved yet")
+    raise NonFiniteError(f"training diverged at step {step}: {problem}; nothing was saved for this step and {last}; "
+                         f"{hint}")
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, cfg, state: dict, keep: int) -> Path | None:
     """``accelerator.save_state`` into a hidden temp folder, then the resolved config and
     ``trainer_state.json``, then one rename to ``checkpoint-STEP``; keep the newest ``keep``.
-    A crash anywhere before the rename leaves only a hidden folder that ``latest`` ignores."""
+    A crash anywhere before the rename leaves only a hidden folder that ``latest`` ignores.
+
+    Never a NaN checkpoint: the models' weights and the loss are checked first. A full disk (or any
+    write error) removes the partial folder, keeps every earlier checkpoint and says so."""
+    from latentdiff.io import share_tree
+
     root = checkpoint_dir(output_dir)
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
+    # (the weights, not state["loss"]: that is the loss of the last log step, NaN before the first one)
+    check_finite(step, output_dir, modules={type(accelerator.unwrap_model(m)).__name__: m for m in accelerator._models})
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_config(cfg, tmp / CONFIG_FILE)
+            atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
+            share_tree(tmp)  # one permissions rule: save_state's weights come out 0600 otherwise
+            _fsync_tree(tmp)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, root, step) from None
     if accelerator.is_main_process:
-        save_config(cfg, tmp / CONFIG_FILE)
-        atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
-        _fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_error(e: BaseException, root: Path, step: int) -> BaseException:
+    """A one-line OSError for a failed checkpoint write; torch reports a full disk as a RuntimeError
+    ("... unexpected pos ..."), which is recognised by the free space left."""
+    import errno
+
+    found = list_checkpoints(root.parent)
+    kept = f"the previous checkpoint {found[-1][1]} is kept" if found else "no earlier checkpoint exists"
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "unexpected pos" in str(e) \
+        or (free is not None and free < 64 * 2**20)
+    if full:
+        return OSError(errno.ENOSPC, f"no space left on {root} while saving checkpoint-{step}: the partial checkpoint "
+                                     f"was removed and {kept}; free some space and continue with --resume latest")
+    if isinstance(e, OSError):
+        return OSError(e.errno, f"cannot write checkpoint-{step} in {root} ({e.strerror or e}); the partial checkpoint "
+                                f"was removed and {kept}")
+    return e  # a RuntimeError that is not about the disk: a bug, keep it as it is
 
 
 def _fsync_tree(path: Path) -> None:
@@ -510,8 +763,32 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore everything ``save_checkpoint`` saved; returns trainer_state.json."""
-    accelerator.load_state(str(path))
+    """Restore everything ``save_checkpoint`` saved; returns trainer_state.json. A checkpoint of a
+    different architecture (shapes or parameter names changed) is an error naming what differs."""
+    import pickle
+    import zipfile
+
+    from latentdiff.errors import UserError
+
+    def unreadable(e):
+        return UserError(f"--resume {path}: the checkpoint cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); resume from an older one (--resume "
+                         f"{path.parent}/checkpoint-N) or start afresh (--overwrite-output-dir)")
+
+    try:
+        accelerator.load_state(str(path))
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise unreadable(e) from None
+    except RuntimeError as e:
+        text = " ".join(str(e).split())
+        if any(m in text for m in ("PytorchStreamReader", "inline_container", "invalid header", "enforce fail")):
+            raise unreadable(e) from None
+        if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text or "Error(s) in loading" in text:
+            detail = text[text.find("size mismatch"):][:240] if "size mismatch" in text else text[:240]
+            raise UserError(f"--resume {path}: the checkpoint does not fit the model being trained (the architecture "
+                            f"changed since it was saved: {detail}); resume with the config it was saved with "
+                            f"({path / CONFIG_FILE}) or start a new --output-dir") from None
+        raise
     return json.loads((path / STATE_FILE).read_text())
 
 
@@ -538,12 +815,14 @@ def cache_key(parts: dict) -> str:
 def save_tensors_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
+    from latentdiff.io import replace_shared
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
+        replace_shared(tmp, path)  # the same permissions as every other file we write
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -578,6 +857,28 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+def check_loop_settings(cfg) -> None:
+    """The loop's own settings, shared by the trainers' configs, checked when the config loads (not
+    at the first log step or the first validation, minutes in): intervals, limits, the validation
+    sampler."""
+    from latentdiff.errors import UserError
+
+    if getattr(cfg, "log_every", 1) < 1:
+        raise UserError(f"log_every must be >= 1 (steps between loss logs), got {cfg.log_every}")
+    for name in ("checkpointing_steps", "validation_steps", "checkpoints_total_limit", "cpu_threads"):
+        if getattr(cfg, name, 0) < 0:
+            raise UserError(f"{name} must be >= 0 (0 = off / all / torch's default), got {getattr(cfg, name)}")
+    if getattr(cfg, "validation_num_inference_steps", 1) < 1:
+        raise UserError(f"validation_num_inference_steps must be >= 1, got {cfg.validation_num_inference_steps}")
+    sampler = getattr(cfg, "validation_sampler", "")
+    if sampler:
+        from latentdiff.samplers import SAMPLERS
+
+        if sampler not in SAMPLERS:
+            raise UserError(f"validation_sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)} "
+                            "or '' (the model's)")
+
+
 def check_model_source(model: str, init_from: str) -> None:
     if bool(model) == bool(init_from):
         raise ValueError("set exactly one of `model` (a model config YAML such as configs/emoji.yaml, to train from "
@@ -596,25 +897,24 @@ def run_main(train_fn, cls, argv, prog, description, epilog) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one line per saved file is noise
-    train_fn(cfg, resume=args.resume, config_path=args.config)
+    train_fn(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
     return 0
 
 
 def module_entry(main) -> None:
     """``python -m latentdiff.train.X`` / ``accelerate launch -m latentdiff.train.X``: run ``main`` and
-    exit with its code; user errors (ValueError, FileNotFoundError) print one line and exit 2, as the
-    ``latentdiff`` CLI does, instead of a traceback from every process."""
+    exit with its code; user errors print one line and exit 2 (:func:`latentdiff.errors.run_cli`, as
+    the ``latentdiff`` CLI does), instead of a traceback from every process."""
     import sys
 
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from latentdiff.errors import run_cli
+
+    sys.exit(run_cli(main))
 
 
 __all__ = [
     "ConfigError", "DataConfig", "OptimConfig", "EMAConfig", "ImageData", "StepSampler", "build_parser",
     "load_train_config", "module_entry", "make_accelerator", "save_checkpoint", "resolve_resume", "list_checkpoints",
+    "start_run", "begin_run", "check_finite", "damaged_files",
     "load_image_data", "step_generator", "hash_module", "cache_key", "psnr", "math",
 ]

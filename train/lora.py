@@ -49,6 +49,9 @@ from .common import (
     OptimConfig,
     StepSampler,
     Timer,
+    begin_run,
+    check_finite,
+    check_loop_settings,
     load_checkpoint,
     load_image_data,
     load_tensors,
@@ -57,10 +60,10 @@ from .common import (
     make_lr_scheduler,
     make_optimizer,
     parse_overrides,
-    resolve_resume,
     save_checkpoint,
     save_tensors_atomic,
     seed_everything,
+    start_run,
     step_generator,
     write_summary,
 )
@@ -182,6 +185,7 @@ class LoraTrainConfig:
         return self.lora.text_encoder
 
     def validate(self):
+        check_loop_settings(self)
         if not self.base:
             raise ValueError("base is empty: set the pipeline to fine-tune ('emoji', a diffusers folder or a repo id)")
         if not self.data.source:
@@ -312,11 +316,12 @@ def digest(state: dict[str, torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Train a LoRA as configured; returns the summary (also in final/training_summary.json)."""
     from latentdiff.pipelines import TextToImagePipeline
 
     timer = Timer()
+    ckpt = start_run(cfg.output_dir, resume, trainer="lora", overwrite=overwrite, exports=("final",), cfg=cfg)
     out = Path(cfg.output_dir)
     o, lc = cfg.optim, cfg.lora
 
@@ -337,6 +342,7 @@ def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | No
     device = accelerator.device
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
+        begin_run(out, trainer="lora", fresh=ckpt is None, overwrite=overwrite)
         save_config(cfg, out / CONFIG_FILE)
     sched = pipe.scheduler_config
     prediction_type = sched.prediction_type
@@ -401,7 +407,6 @@ def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | No
     class_sampler = StepSampler(len(class_enc.caption_index), global_batch, cfg.seed + 1, device) if class_enc else None
 
     step = 0
-    ckpt = resolve_resume(out, resume)
     if ckpt is not None:
         step = load_checkpoint(accelerator, ckpt)["step"]
         if ema is not None:
@@ -461,6 +466,7 @@ def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | No
         bar.update(1)
         if step % cfg.log_every == 0 or step == o.max_train_steps:
             last_loss = float(accelerator.reduce(running, "mean")) / running_n
+            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
             running.zero_()
             running_n = 0
             bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -483,6 +489,9 @@ def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | No
     bar.close()
 
     # ---- export: the LoRA (diffusers + kohya), a before/after grid, the summary
+    # never export a NaN LoRA (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet),
+                                     "text encoder": accelerator.unwrap_model(text_encoder)})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -656,6 +665,8 @@ def build_parser():
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in output_dir, or PATH")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start a fresh run in an output_dir that holds another run (its checkpoints are deleted)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, YAML-typed: --set optim.lr_scheduler=cosine")
     return p
@@ -694,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(cfg, resume=args.resume, config_path=args.config)
+    train(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
     return 0
 
 

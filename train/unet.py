@@ -44,24 +44,28 @@ from .common import (
     OptimConfig,
     StepSampler,
     Timer,
+    begin_run,
     cache_key,
+    check_finite,
+    check_loop_settings,
     check_model_source,
     ema_copy,
     hash_module,
     load_checkpoint,
     load_image_data,
     load_tensors,
+    load_validation_data,
     local_slice,
     make_accelerator,
     make_ema,
     make_lr_scheduler,
     make_optimizer,
-    resolve_resume,
     run_main,
     save_checkpoint,
     save_tensors_atomic,
     seed_everything,
     set_cpu_threads,
+    start_run,
     step_generator,
     to_pixels,
     write_summary,
@@ -105,6 +109,7 @@ class UNetTrainConfig:
     export_dtype: Literal["float32", "float16"] = "float32"
 
     def validate(self):
+        check_loop_settings(self)
         check_model_source(self.model, self.init_from)
         if self.model and not self.vae_from:
             raise ValueError("vae_from is empty: set it to the output of `latentdiff train vae` (e.g. runs/emoji_vae/vae), "
@@ -394,17 +399,18 @@ def heldout_loss(unet, batch: HeldOutBatch, alphas_cumprod, prediction_type: str
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Train the U-Net as configured; returns the training summary (also in final/training_summary.json)."""
     timer = Timer()
     set_cpu_threads(cfg.cpu_threads)
+    ckpt = start_run(cfg.output_dir, resume, trainer="unet", overwrite=overwrite, exports=("final",), cfg=cfg)
     out = Path(cfg.output_dir)
     o = cfg.optim
 
     # ---- models and data (all user errors surface here, before any step)
     comps = build_components(cfg)
     train_data = load_image_data(cfg.data, cfg.data.split, comps.resolution)
-    val_data = load_image_data(cfg.data, cfg.data.validation_split, comps.resolution) if cfg.data.validation_split else None
+    val_data = load_validation_data(cfg.data, comps.resolution)
     for d in (train_data, val_data):
         if d is not None and d.images.shape[-1] != comps.resolution:
             raise ValueError(f"data resolution {d.images.shape[-1]} differs from the model's {comps.resolution}")
@@ -413,6 +419,7 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
     device = accelerator.device
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
+        begin_run(out, trainer="unet", fresh=ckpt is None, overwrite=overwrite)
         save_config(cfg, out / CONFIG_FILE)
     prediction_type = comps.scheduler_config.prediction_type
     alphas_cumprod = comps.scheduler_config.alphas_cumprod().to(device)         # float64 ᾱ_t, on the device
@@ -453,7 +460,6 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
 
     # ---- resume
     step, earlier_wall_time, initial_val = 0, 0.0, None
-    ckpt = resolve_resume(out, resume)
     if ckpt is not None:
         state = load_checkpoint(accelerator, ckpt)
         step, earlier_wall_time, initial_val = state["step"], state.get("wall_time_s", 0.0), state.get("heldout_loss_initial")
@@ -502,6 +508,7 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
 
         if step % cfg.log_every == 0 or step == o.max_train_steps:
             last_loss = float(accelerator.reduce(running, "mean")) / running_n    # the only regular host sync
+            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
             running.zero_()
             running_n = 0
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
@@ -518,6 +525,8 @@ def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | No
     bar.close()
 
     # ---- final export: a pipeline folder with the EMA weights
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet)})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -39,21 +39,25 @@ from .common import (
     OptimConfig,
     StepSampler,
     Timer,
+    begin_run,
+    check_finite,
+    check_loop_settings,
     check_model_source,
     ema_copy,
     load_checkpoint,
     load_image_data,
+    load_validation_data,
     local_slice,
     make_accelerator,
     make_ema,
     make_lr_scheduler,
     make_optimizer,
     psnr,
-    resolve_resume,
     run_main,
     save_checkpoint,
     seed_everything,
     set_cpu_threads,
+    start_run,
     step_generator,
     to_pixels,
     write_summary,
@@ -98,6 +102,7 @@ class VAETrainConfig:
     log_every: int = 10
 
     def validate(self):
+        check_loop_settings(self)
         check_model_source(self.model, self.init_from)
         if self.random_crop < 0:
             raise ValueError("random_crop must be >= 0 (0 = full images)")
@@ -192,10 +197,11 @@ def heldout_psnr(vae, images_u8: torch.Tensor, batch_size: int, device) -> float
     return float(psnr(rec, images_u8.to(device).float() / 255.0).mean())
 
 
-def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | None = None) -> dict:
+def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Train the VAE as configured; returns the training summary."""
     timer = Timer()
     set_cpu_threads(cfg.cpu_threads)
+    ckpt = start_run(cfg.output_dir, resume, trainer="vae", overwrite=overwrite, exports=("vae",), cfg=cfg)
     out = Path(cfg.output_dir)
     o = cfg.optim
 
@@ -203,7 +209,7 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
     vae, model_resolution = build_vae(cfg)
     resolution = cfg.data.resolution or model_resolution
     train_data = load_image_data(cfg.data, cfg.data.split, resolution)
-    val_data = load_image_data(cfg.data, cfg.data.validation_split, resolution) if cfg.data.validation_split else None
+    val_data = load_validation_data(cfg.data, resolution)
     if cfg.random_crop > resolution:
         raise ValueError(f"random_crop {cfg.random_crop} exceeds the resolution {resolution}")
 
@@ -211,6 +217,7 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
     device = accelerator.device
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
+        begin_run(out, trainer="vae", fresh=ckpt is None, overwrite=overwrite)
         save_config(cfg, out / CONFIG_FILE)
     logger.info("VAE training on %s: %d training images (%s), %d held-out, %d processes", device, len(train_data),
                 train_data.source, len(val_data) if val_data else 0, accelerator.num_processes)
@@ -243,7 +250,6 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
 
     # ---- resume
     step, earlier_wall_time = 0, 0.0
-    ckpt = resolve_resume(out, resume)
     if ckpt is not None:
         state = load_checkpoint(accelerator, ckpt)
         step, earlier_wall_time = state["step"], state.get("wall_time_s", 0.0)
@@ -300,6 +306,7 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
 
         if step % cfg.log_every == 0 or step == o.max_train_steps:
             last_loss = float(accelerator.reduce(running, "mean")) / running_n  # the only host sync
+            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
             running.zero_()
             running_n = 0
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
@@ -312,6 +319,8 @@ def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | Non
     bar.close()
 
     # ---- scaling factor, held-out PSNR, export
+    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
+    check_finite(step, out, modules={"vae": accelerator.unwrap_model(model).vae})
     summary = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

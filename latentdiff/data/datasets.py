@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from latentdiff.errors import MissingSplitError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -408,7 +410,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 loaded = datasets.load_from_disk(target)
             elif kind == "parquet":
                 if split not in (None, "train"):
-                    raise ValueError(f"a single Parquet file has no {split!r} split; pass split=None")
+                    raise MissingSplitError(f"a single Parquet file ({target}) has no {split!r} split; read it whole "
+                                            "(data.split=train, data.validation_split= to train without validation; "
+                                            "in Python split=None)")
                 self._hf_root = Path(target).parent
                 loaded = datasets.load_dataset("parquet", data_files=target, split="train")
             elif kind == "datadir":
@@ -416,6 +420,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 loaded = datasets.load_dataset(target, split=split or "train")
             else:  # Hub name
                 loaded = datasets.load_dataset(target, split=split or "train")
+        except MissingSplitError:
+            raise
         except (OSError, ValueError) as e:  # OSError includes FileNotFoundError and ConnectionError
             if kind == "hub":
                 raise FileNotFoundError(
@@ -430,7 +436,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             vocab_sources = list(loaded.values())
             loaded = loaded[name]
         elif split and kind == "disk" and split != "train":
-            raise ValueError(f"{target} holds a single dataset (no splits); pass split=None or 'train'")
+            raise MissingSplitError(f"{target} holds a single dataset (no {split!r} split); read it whole "
+                                    "(data.validation_split= to train without validation; in Python split=None)")
         self._from_hf_dataset(loaded, vocab_sources=vocab_sources)
 
     def _from_hf_dataset(self, ds: datasets.Dataset, vocab_sources: list) -> None:
@@ -513,7 +520,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             if (root / split).is_dir():
                 root = root / split
             elif split != "train":
-                raise FileNotFoundError(f"no {split!r} subfolder in {root}; use split=None to read the whole folder")
+                raise MissingSplitError(f"no {split!r} subfolder in {root}; to read the whole folder set "
+                                        "data.validation_split= (train without validation) or make a "
+                                        f"{split}/ subfolder (in Python: split=None)")
         self.source = str(root)
         self.report.source = self.source
 
