@@ -63,6 +63,10 @@ def generate_parser() -> argparse.ArgumentParser:
   latentdiff generate "cat face" --image in.png --mask mask.png --mask-blur 4 --keep-unmasked
   latentdiff generate "red apple" --image in.png --outpaint 16,16,0,0     # extend the canvas
   latentdiff generate "red apple" --hires 2 --hires-strength 0.5          # 64 px -> 128 px
+  latentdiff generate "a (blue:1.3) apple, [shiny] BREAK white background"   # A1111 weights
+  latentdiff generate "[red:blue:0.5] heart" --steps 20                      # prompt editing
+  latentdiff generate "a cat <lora:symbola:0.8>" --lora-dir loras/           # LoRA tag
+  latentdiff generate "a <sks> emoji" --embedding sks.safetensors:<sks>      # textual inversion
 """,
     )
     p.add_argument("prompt", nargs="?", help="the text prompt")
@@ -95,6 +99,11 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-png", default=None,
                    help="regenerate from the parameters stored in a PNG we wrote; options given on the command "
                         "line win over the PNG's")
+    p.add_argument("--lora-dir", default=None, help="folder where <lora:name:weight> prompt tags are looked up")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
+                   help="textual-inversion embedding (diffusers/A1111/ComfyUI .safetensors), optional token; repeatable")
+    p.add_argument("--prompt-normalization", choices=["a1111", "comfy", "none", "compel"], default=None,
+                   help="how (word:1.3) weights apply (default: a1111); compel = compel's own syntax")
     g = p.add_argument_group("image-to-image, inpainting, outpainting, hires fix")
     g.add_argument("--image", default=None, help="start from this image (image-to-image; SDEdit)")
     g.add_argument("--strength", type=float, default=None,
@@ -157,7 +166,8 @@ PNG_PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "model":
               "strength": "strength", "strength_steps": "strength_steps", "mask_blur": "mask_blur",
               "keep_unmasked": "keep_unmasked", "only_masked": "only_masked", "only_masked_padding": "padding",
               "outpaint": "outpaint", "hires_scale": "hires", "hires_strength": "hires_strength",
-              "hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps"}
+              "hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps", "embeddings": "embedding",
+              "lora_dir": "lora_dir", "prompt_normalization": "prompt_normalization"}
 PNG_REQUIRED = ("prompt", "seed", "sampler", "steps", "guidance_scale", "height", "width")
 
 
@@ -289,6 +299,10 @@ def generate(argv: list[str]) -> int:
                                                device=args.device)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
+    for spec in args.embedding:
+        path, sep, token = spec.rpartition(":") if ":" in Path(spec).name else (spec, "", "")
+        pipe.load_textual_inversion(path or spec, token=token or None, allow_pickle=args.allow_pickle)
+    pipe.lora_dir = args.lora_dir
     classifier = None
     if args.classifier:
         from latentdiff.classifier import load_classifier
@@ -313,7 +327,8 @@ def generate(argv: list[str]) -> int:
                guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, height=args.height,
                width=args.width, num_images_per_prompt=args.num_images, seed=seed,
                timestep_spacing=args.spacing, classifier=classifier, class_label=args.class_label,
-               classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check, **image_kw)
+               classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check,
+               prompt_normalization=args.prompt_normalization, **image_kw)
     from latentdiff.pipelines.inputs import file_sha256
 
     files = {}
@@ -327,7 +342,9 @@ def generate(argv: list[str]) -> int:
     for image, params in zip(out.images, out.parameters):
         params = {**params, "guidance_rescale": args.guidance_rescale, "lora": args.lora, "model": args.model,
                   "classifier": args.classifier, "class_label": args.class_label,
-                  "classifier_scale": classifier_scale if classifier else None, **files}
+                  "classifier_scale": classifier_scale if classifier else None, **files,
+                  "embeddings": args.embedding, "lora_dir": args.lora_dir,
+                  "prompt_normalization": args.prompt_normalization}
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params))
         print(save_new_png(image, out_dir, f"{_slug(args.prompt)}-{params['seed']}", pnginfo=info))

@@ -234,3 +234,28 @@ def test_lora_tags(tiny_pipe, tmp_path):
         tiny_pipe("x <lora:nope:1>", lora_dir=folder, **KW)
     with pytest.raises(ValueError, match="no LoRA folder is set"):
         tiny_pipe("x <lora:sym:1>", **KW)
+
+
+def test_cli_prompt_options(tiny_pipe, tiny_pipeline_dir, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from latentdiff.cli import PNG_KEY, main
+
+    emb = tmp_path / "sks.safetensors"
+    save_file({"<sks>": _random_embedding(tiny_pipe, 2)}, str(emb))
+    argv = ["generate", "a <sks> emoji, (red:1.2)", "--model", str(tiny_pipeline_dir), "--seed", "1", "--steps", "3",
+            "--embedding", f"{emb}:<sks>", "--prompt-normalization", "comfy", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    png = Path(capsys.readouterr().out.split()[-1])
+    params = json.loads(Image.open(png).text[PNG_KEY])
+    assert params["embeddings"] == [f"{emb}:<sks>"] and params["prompt_normalization"] == "comfy"
+    assert main(["generate", "--from-png", str(png), "--out", str(tmp_path / "b")]) == 0
+    again = Path(capsys.readouterr().out.split()[-1])
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(again)))
+    assert main(["generate", "x <lora:missing:1>", "--model", str(tiny_pipeline_dir), "--steps", "2",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "no LoRA folder is set" in capsys.readouterr().err
