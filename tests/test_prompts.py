@@ -65,9 +65,15 @@ def test_weight_one_and_plain_prompt_encode_identically_and_like_diffusers(tiny_
 
 
 def test_a1111_normalisation_keeps_the_chunk_mean(tiny_pipe):
+    """A1111's "original" weighting: z·w per token (BOS at 0, "a" at 1, "blue" at 2), then the whole
+    chunk rescaled to its unweighted mean."""
     plain = tiny_pipe.encode_prompt(["a blue apple"])
     w = tiny_pipe.encode_prompt(["a (blue:1.5) apple"], normalization="a1111")
-    torch.testing.assert_close(w.mean(), plain.mean(), atol=1e-6, rtol=1e-5)
+    weights = torch.ones(1, 77, 1)
+    weights[0, 2] = 1.5
+    scaled = plain * weights
+    torch.testing.assert_close(w, scaled * (plain.mean() / scaled.mean()), atol=1e-6, rtol=1e-5)
+    assert (w - scaled).abs().max() > 1e-7  # the mean restoration did something
     none = tiny_pipe.encode_prompt(["a (blue:1.5) apple"], normalization="none")
     assert torch.equal(none, plain)
 
