@@ -30,6 +30,7 @@ commands:
   train      train a model: vae | unet | clip | lora | classifier
   eval       evaluate a model on a captioned, labelled dataset
   push       upload a pipeline, LoRA or classifier folder to the Hugging Face Hub
+  serve      A1111-compatible HTTP API (/sdapi/v1) and web UI (needs the 'serve' extra)
 
 examples:
   latentdiff generate "red apple" --seed 0 --out outputs/
@@ -37,6 +38,7 @@ examples:
   latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji
   latentdiff eval --model emoji
   latentdiff push runs/emoji/final user/emoji-model
+  latentdiff serve --lora-dir loras/ --outputs outputs/
 
 Run `latentdiff COMMAND --help` for a command's options.
 """
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             return importlib.import_module("latentdiff.evaluation").main(rest) or 0
         if cmd == "push":
             return importlib.import_module("latentdiff.hub").push_main(rest) or 0
-        raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push")
+        if cmd == "serve":
+            return importlib.import_module("latentdiff.server").main(rest) or 0
+        raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push, serve")
     except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
