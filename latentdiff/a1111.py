@@ -37,8 +37,8 @@ class A1111Sampler:
 # when the pipeline accepts it. Names not listed here are refused (422), never approximated.
 A1111_SAMPLERS: tuple[A1111Sampler, ...] = (
     A1111Sampler("DPM++ 2M", {"sampler": "dpmpp_2m"}, ("k_dpmpp_2m", "dpmpp_2m")),
-    A1111Sampler("DDIM", {"sampler": "ddim"}, ("ddim",)),
-    A1111Sampler("DDPM", {"sampler": "ddpm"}, ("ddpm",)),
+    A1111Sampler("DDIM", {"sampler": "ddim"}),
+    A1111Sampler("DDPM", {"sampler": "ddpm"}),
     # first-order DPM-Solver++ has no A1111 name of its own; our registry name is its alias
     A1111Sampler("DPM++ 1", {"sampler": "dpmpp_1"}, ("dpmpp_1",)),
 )
