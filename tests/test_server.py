@@ -8,8 +8,6 @@ parameters, so the API can neither drop nor mistranslate a setting unnoticed.
 import base64
 import io
 import json
-import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,64 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 webuiapi = pytest.importorskip("webuiapi")
 requests = pytest.importorskip("requests")
 
-from latentdiff import lora as L  # noqa: E402
-from latentdiff.server import Limits, ServeConfig, bind, create_app  # noqa: E402
+try:
+    from live_server import LiveServer, random_unet_lora
+except ImportError:  # tests/ imported as a package
+    from tests.live_server import LiveServer, random_unet_lora
+
+from latentdiff.server import Limits, ServeConfig  # noqa: E402
 
 PROMPT, NEGATIVE = "red apple", "blurry green"
 SIZE = dict(width=32, height=32)
-
-
-def random_unet_lora(unet, path: Path, seed: int = 0) -> Path:
-    """A rank-2 U-Net attention LoRA with random A and B, big enough to change the image."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, m in unet.named_modules():
-        if isinstance(m, torch.nn.Linear) and any(name.endswith("." + s) for s in L.UNET_ATTENTION_TARGETS):
-            state[f"unet.{name}.lora_A.weight"] = torch.randn(2, m.in_features, generator=g) * 0.3
-            state[f"unet.{name}.lora_B.weight"] = torch.randn(m.out_features, 2, generator=g) * 0.3
-            state[f"unet.{name}.alpha"] = torch.tensor(2.0)
-    return L.save_lora_state(path, state)
-
-
-class LiveServer:
-    """uvicorn serving ``create_app(config)`` on a thread, on a free port of 127.0.0.1."""
-
-    def __init__(self, config: ServeConfig):
-        self.config = config
-        self.app = create_app(config)
-        sock = bind("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        for _ in range(600):
-            if self.server.started:
-                break
-            time.sleep(0.05)
-        assert self.server.started, "uvicorn did not start"
-
-    def api(self, **kw) -> "webuiapi.WebUIApi":
-        return webuiapi.WebUIApi(host="127.0.0.1", port=self.port, **kw)
-
-    def post(self, path: str, **kw):
-        return requests.post(f"{self.url}/sdapi/v1/{path}", timeout=120, **kw)
-
-    def get(self, path: str, **kw):
-        return requests.get(f"{self.url}/sdapi/v1/{path}", timeout=120, **kw)
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.app.state.worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +243,18 @@ def test_bad_input_is_a_4xx_with_a_message(server, path, body, status, message):
     assert "\n" not in detail and "Traceback" not in r.text
     ok = server.post("txt2img", json={"prompt": PROMPT, "steps": 1, **SIZE})
     assert ok.status_code == 200 and len(ok.json()["images"]) == 1
+
+
+def test_a_chunked_body_over_the_limit_is_413_too(server):
+    def chunks():  # no Content-Length: the limit must hold while reading
+        yield b'{"prompt": "'
+        for _ in range(80):
+            yield b"x" * 16384
+        yield b'"}'
+
+    r = server.post("txt2img", data=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "request body exceeds this server's limit" in r.json()["detail"]
+    assert server.post("txt2img", json={"prompt": PROMPT, "steps": 1, **SIZE}).status_code == 200
 
 
 def test_internal_errors_are_logged_not_sent(server, monkeypatch, caplog):
