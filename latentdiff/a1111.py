@@ -181,6 +181,40 @@ def parse_infotext(text: str) -> dict[str, str]:
     return res
 
 
+def params_from_infotext(text: str) -> dict:
+    """The settings of an A1111 ``parameters`` infotext as the JSON dict that ``latentdiff generate``
+    stores under its own PNG key (what ``--from-png`` reads). ValueError names anything we cannot
+    reproduce: a sampler or schedule we lack, LoRA tags (A1111 LoRA names mean nothing without its
+    folders), a missing field. A1111 draws its initial noise differently, so the settings carry over,
+    the pixels do not."""
+    p = parse_infotext(text)
+    missing = [k for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1") if k not in p]
+    if missing:
+        raise ValueError(f"the PNG's A1111 parameters lack {', '.join(missing)}; cannot regenerate from them")
+    tags = parse_prompt_tags(p["Prompt"])
+    if tags.loras or tags.ignored:
+        found = ", ".join(m.group(0) for m in _EXTRA_NETWORK.finditer(p["Prompt"]))
+        raise ValueError(f"the PNG's prompt has A1111 extra-network tags ({found}); --from-png cannot resolve "
+                         "A1111 LoRA names: rerun with the prompt and --lora PATH:WEIGHT")
+    sampler = find_sampler(p["Sampler"])
+    kwargs = dict(sampler.kwargs)
+    if p.get("Schedule type"):
+        kwargs.update(find_scheduler(p["Schedule type"]).kwargs)
+    unsupported = sorted(set(kwargs) - {"sampler", "timestep_spacing"})
+    if unsupported:
+        raise ValueError(f"sampler {sampler.name!r} needs pipeline options --from-png does not pass: {unsupported}")
+    try:
+        return {
+            "prompt": tags.prompt, "negative_prompt": p.get("Negative prompt", ""), "model": p.get("Model", "emoji"),
+            "sampler": kwargs["sampler"], "steps": int(p["Steps"]), "guidance_scale": float(p["CFG scale"]),
+            "eta": float(p["Eta DDIM"]) if kwargs["sampler"] == "ddim" and "Eta DDIM" in p else None,
+            "seed": int(p["Seed"]), "width": int(p["Size-1"]), "height": int(p["Size-2"]),
+            "timestep_spacing": kwargs.get("timestep_spacing"), "lora": [], "guidance_rescale": 0.0,
+        }
+    except ValueError as e:
+        raise ValueError(f"the PNG's A1111 parameters have an unreadable number ({e})") from None
+
+
 __all__ = ["A1111_SAMPLERS", "A1111_SCHEDULERS", "A1111Sampler", "A1111Scheduler", "INFOTEXT_KEY",
            "PromptTags", "find_sampler", "find_scheduler", "format_infotext", "parse_infotext",
-           "parse_prompt_tags", "quote", "sampler_for"]
+           "params_from_infotext", "parse_prompt_tags", "quote", "sampler_for"]

@@ -112,6 +112,10 @@ def generate(argv: list[str]) -> int:
         if not png.is_file():
             raise FileNotFoundError(f"--from-png {png} not found")
         text = Image.open(png).text.get(PNG_KEY)
+        if text is None and "parameters" in Image.open(png).text:  # an A1111 PNG: its infotext
+            from latentdiff.a1111 import params_from_infotext
+
+            text = json.dumps(params_from_infotext(Image.open(png).text["parameters"]))
         if text is None:
             raise ValueError(f"{png} carries no '{PNG_KEY}' parameters (was it written by latentdiff generate?)")
         params = json.loads(text)

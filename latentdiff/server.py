@@ -148,12 +148,14 @@ class ModelEntry:
 
 def discover_models(default: str, models_dir: Path | None) -> list[ModelEntry]:
     """The built-in models, the --model given, and every diffusers folder directly inside --models-dir."""
-    from latentdiff.io import BUILTIN_MODELS, resolve_model_dir
+    from latentdiff.io import BUILTIN_MODELS, is_repo_id, resolve_model_dir
 
     entries = [ModelEntry(n, n, p) for n, p in BUILTIN_MODELS.items() if (p / "model_index.json").exists()]
     if default not in BUILTIN_MODELS:
         path = resolve_model_dir(default)
-        entries.append(ModelEntry(path.name, str(path), path))
+        # a Hub repo keeps its id as name and source (its cache folder is named after a commit)
+        entries.append(ModelEntry(default, default, path) if is_repo_id(default) else
+                       ModelEntry(path.name, str(path), path))
     if models_dir is not None:
         for child in sorted(models_dir.iterdir()):
             if (child / "model_index.json").is_file() and _inside(child, models_dir):
@@ -232,6 +234,14 @@ class Worker:
             self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - t0)
 
     def stop(self) -> None:
+        """Cancel what waits, let the running job finish (up to a minute), end the thread."""
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
         self.queue.put(None)
         self.thread.join(timeout=60)
 

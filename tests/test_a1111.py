@@ -73,3 +73,36 @@ def test_prompt_tags():
         a1111.parse_prompt_tags("<lora:a:lots>")
     with pytest.raises(ValueError, match="separate text-encoder and U-Net weights are not supported"):
         a1111.parse_prompt_tags("<lora:a:1:0.5>")
+
+
+def test_params_from_infotext_refuses_what_it_cannot_reproduce():
+    with pytest.raises(ValueError, match=r"extra-network tags \(<lora:shiny:0.8>\); --from-png cannot resolve"):
+        a1111.params_from_infotext(A1111_INFOTEXT)
+    no_tags = A1111_INFOTEXT.replace(" <lora:shiny:0.8>", "")
+    with pytest.raises(ValueError, match="Unknown scheduler 'Karras'"):
+        a1111.params_from_infotext(no_tags)
+    with pytest.raises(ValueError, match="lack Steps"):
+        a1111.params_from_infotext("red apple\nSampler: DDIM, Seed: 1, CFG scale: 7, Size: 8x8")
+
+
+def test_from_png_reads_an_a1111_png(tiny_pipeline_dir, tmp_path, capsys):
+    """A PNG with only A1111's infotext (no latentdiff chunk): --from-png takes every setting from it."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from latentdiff.cli import main
+    from latentdiff.pipelines import TextToImagePipeline
+
+    info = PngInfo()
+    info.add_text("parameters", a1111.format_infotext("red apple", "blurry, green", {
+        "Steps": 3, "Sampler": "DDIM", "Schedule type": "Trailing", "CFG scale": 4.5, "Seed": 9, "Size": "32x32",
+        "Model": str(tiny_pipeline_dir), "Eta DDIM": 0.5, "Version": "v1.10.1"}))
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (32, 32)).save(png, pnginfo=info)
+    assert main(["generate", "--from-png", str(png), "--out", str(tmp_path / "out")]) == 0
+    [made] = [x for x in capsys.readouterr().out.split() if x.endswith(".png")]
+    want = TextToImagePipeline.from_pretrained(tiny_pipeline_dir)(
+        "red apple", "blurry, green", sampler="ddim", num_inference_steps=3, guidance_scale=4.5, seed=9, eta=0.5,
+        timestep_spacing="trailing", height=32, width=32).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(made)), np.asarray(want))
