@@ -352,7 +352,7 @@ class Engine:
         ignored = dict(plan.ignored)
         eta = None
         if kwargs["sampler"] == "ddim":
-            eta = plan.eta  # None -> the model's DDIM η
+            eta = d.eta if plan.eta is None else plan.eta  # the η the pipeline uses, so the infotext shows it
         elif plan.eta:
             ignored["eta"] = plan.eta  # η is DDIM's; A1111 ignores it for non-ancestral samplers too
         self._apply_loras(plan.loras)
