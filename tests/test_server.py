@@ -191,6 +191,38 @@ def _pnginfo(image):
     return info
 
 
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling creates the marker file
+
+
+def test_a_pickled_model_is_never_unpickled(server, dirs, tmp_path):
+    import pickle
+
+    evil = dirs["models"] / "evil"
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (evil / sub).mkdir(parents=True)
+    (evil / "model_index.json").write_text("{}")
+    marker = tmp_path / "unpickled"
+    (evil / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    try:
+        assert server.post("refresh-checkpoints").status_code == 200
+        before = server.get("options").json()["sd_model_checkpoint"]
+        r = server.post("options", json={"sd_model_checkpoint": "evil"})
+        assert r.status_code == 422 and "pickled weights can run arbitrary code" in r.json()["detail"]
+        assert not marker.exists()
+        assert server.get("options").json()["sd_model_checkpoint"] == before  # the old model keeps serving
+        assert server.post("txt2img", json={"prompt": PROMPT, "steps": 1, **SIZE}).status_code == 200
+    finally:
+        import shutil
+
+        shutil.rmtree(evil)
+        server.post("refresh-checkpoints")
+
+
 def test_listings(server, dirs):
     api = server.api()
     from latentdiff.a1111 import A1111_SAMPLERS, A1111_SCHEDULERS
@@ -400,6 +432,19 @@ def test_serve_flags_are_checked_before_anything_loads(argv, message, capsys):
 
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_taken_port_is_a_clear_error(capsys):
+    from latentdiff.cli import main
+    from latentdiff.server import bind
+
+    taken = bind("127.0.0.1", 0)
+    try:
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+        assert "cannot bind 127.0.0.1:" in capsys.readouterr().err
+    finally:
+        taken.close()
 
 
 def test_exposure_is_allowed_with_auth_or_insecure():
