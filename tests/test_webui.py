@@ -1,7 +1,8 @@
 """The web UI in a real browser: headless Debian Chromium driven by selenium through chromedriver
 loads the page from a live `latentdiff serve`, fills the form, adds a LoRA from the picker, clicks
 Generate, and the image that appears is the pipeline's own (same pixels); bad input shows the
-server's message; "reuse parameters" fills the form back. A screenshot is saved (set
+server's message; "reuse parameters" fills the form back; during a long run the progress bar and the
+live preview move and Interrupt stops it. A screenshot is saved (set
 LATENTDIFF_WEBUI_SCREENSHOT=path to keep it)."""
 
 import base64
@@ -47,7 +48,7 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_generate_in_a_real_browser(browser, tmp_path, tiny_pipeline_dir):
+def test_generate_in_a_real_browser(browser, tmp_path, tiny_pipeline_dir, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -104,6 +105,28 @@ def test_generate_in_a_real_browser(browser, tmp_path, tiny_pipeline_dir):
         browser.find_element(By.CSS_SELECTOR, "#gallery .card button.reuse").click()
         assert browser.find_element(By.ID, "prompt").get_attribute("value") == "red apple <lora:shiny:0.5>"
         assert browser.find_element(By.ID, "seed").get_attribute("value") == "5"
+
+        # a long run: the progress bar and the live preview move, and Interrupt stops it
+        unet = server.app.state.engine.pipe.unet
+        forward = unet.forward
+
+        def slow(*a, **kw):
+            import time
+
+            time.sleep(0.03)
+            return forward(*a, **kw)
+
+        monkeypatch.setattr(unet, "forward", slow)
+        steps.clear()
+        steps.send_keys("150")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "preview").is_displayed())
+        wait.until(lambda d: d.execute_script("return parseFloat(document.querySelector('#bar div').style.width) > 0"))
+        assert "step " in browser.find_element(By.ID, "status").text
+        browser.find_element(By.ID, "interrupt").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "(interrupted)"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#gallery .card img")) == 2
+        assert not browser.find_element(By.ID, "preview").is_displayed()
 
         shot = tmp_path / "webui.png"
         assert browser.save_screenshot(str(shot))
