@@ -50,7 +50,7 @@ WEBUI_FILE = Path(__file__).parent / "webui" / "index.html"
 LOOPBACK_NAMES = ("localhost",)
 
 SERVE_HELP_EPILOG = """\
-endpoints (A1111's /sdapi/v1 API; http://HOST:PORT/docs lists them all):
+endpoints (A1111's /sdapi/v1 API; http://HOST:PORT/openapi.json lists them all):
   POST /sdapi/v1/txt2img       generate (prompt, negative_prompt, sampler_name, scheduler, steps,
                                cfg_scale, width, height, seed, batch_size, n_iter, eta, <lora:name:w>)
   GET  /sdapi/v1/samplers | schedulers | sd-models | loras | embeddings | options | progress
@@ -1038,7 +1038,7 @@ def main(argv: list[str]) -> int:
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"latentdiff serve: model {app.state.engine.entry.title} loaded in {time.perf_counter() - t0:.1f} s; "
-          f"http://{shown}:{port}/ (API: /sdapi/v1/, docs: /docs)", flush=True)
+          f"http://{shown}:{port}/ (API: /sdapi/v1/, schema: /openapi.json)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
