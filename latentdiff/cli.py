@@ -33,6 +33,7 @@ commands:
   train      train a model: vae | unet | clip | lora | classifier
   eval       evaluate a model on a captioned, labelled dataset
   push       upload a pipeline, LoRA or classifier folder to the Hugging Face Hub
+  serve      A1111-compatible HTTP API (/sdapi/v1) and web UI (needs the 'serve' extra)
 
 examples:
   latentdiff generate "red apple" --seed 0 --out outputs/
@@ -40,6 +41,7 @@ examples:
   latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji
   latentdiff eval --model emoji
   latentdiff push runs/emoji/final user/emoji-model
+  latentdiff serve --lora-dir loras/ --outputs outputs/
 
 Run `latentdiff COMMAND --help` for a command's options.
 """
@@ -187,10 +189,14 @@ def read_png_parameters(png: Path) -> dict:
     try:
         with Image.open(png) as im:
             im.load()  # reads all chunks: a truncated file fails here, not later
-            text = im.text.get(PNG_KEY)
+            text, a1111_text = im.text.get(PNG_KEY), im.text.get("parameters")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"--from-png {png} is not a readable PNG ({' '.join(str(e).split())}); pass a PNG "
                          "written by latentdiff generate") from None
+    if text is None and a1111_text is not None:  # an A1111 PNG: its infotext (settings carry over, not pixels)
+        from latentdiff.a1111 import params_from_infotext
+
+        return params_from_infotext(a1111_text)
     if text is None:
         raise ValueError(f"{png} carries no '{PNG_KEY}' parameters (was it written by latentdiff generate?)")
     try:
@@ -379,7 +385,9 @@ def dispatch(cmd: str, rest: list[str]) -> int:
         return importlib.import_module("latentdiff.evaluation").main(rest) or 0
     if cmd == "push":
         return importlib.import_module("latentdiff.hub").push_main(rest) or 0
-    raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push")
+    if cmd == "serve":
+        return importlib.import_module("latentdiff.server").main(rest) or 0
+    raise ValueError(f"Unknown command {cmd!r}; choose one of generate, train, eval, push, serve")
 
 
 if __name__ == "__main__":
