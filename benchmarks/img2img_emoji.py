@@ -44,14 +44,12 @@ def main() -> None:
     p.add_argument("--evaluator", default="runs/evaluator-emoji", help="cached evaluator folder (trained if missing)")
     p.add_argument("--out", default="docs/img2img_emoji.json")
     p.add_argument("--grid-dir", default="docs/images")
+    p.add_argument("--sections", default="recolour,inpaint,hires", help="which parts to run")
     args = p.parse_args()
+    sections = set(args.sections.split(","))
 
     from latentdiff.evaluation import (
-        accuracy,
-        build_parser,
         colour_check,
-        evaluator_outputs,
-        get_evaluator,
         load_image_set,
         save_labelled_grid,
     )
@@ -74,6 +72,8 @@ def main() -> None:
 
     # 1. recolour
     rows, grid, grid_caps = [], [], []
+    if "recolour" not in sections:
+        RECOLOUR.clear()
     for src, dst in RECOLOUR:
         init = real(src)
         init_fg = foreground(init[None])[0]
@@ -90,15 +90,48 @@ def main() -> None:
             grid.append(ims[0])
             grid_caps.append(f"{dst} s={s}")
     out["recolour"] = rows
-    out["recolour_by_strength"] = {
+    out["recolour_by_strength"] = {} if not rows else {
         str(s): {"colour_obeyed": float(np.mean([r["colour_obeyed"] for r in rows if r["strength"] == s])),
                  "silhouette_iou": float(np.mean([r["silhouette_iou"] for r in rows if r["strength"] == s]))}
         for s in STRENGTHS}
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
-    save_labelled_grid(torch.stack(grid), grid_caps, Path(args.grid_dir) / "img2img_recolour.png",
-                       cols=len(STRENGTHS) + 1)
+    if grid:
+        save_labelled_grid(torch.stack(grid), grid_caps, Path(args.grid_dir) / "img2img_recolour.png",
+                           cols=len(STRENGTHS) + 1)
 
     # 2. inpaint the left half of test emoji with their own captions
+    if "inpaint" in sections:
+        inpaint(args, pipe, train, test, res, out)
+
+    # 3. hires fix 64 -> 128 beside plain 128 px: the 64-px image upscaled, hires at 0.3 and 0.5
+    if "hires" in sections:
+        prompts = ["red apple", "grinning face", "flag: France", "dog face"]
+        base = torch.from_numpy(pipe(prompts, seed=0, output_type="np").images).permute(0, 3, 1, 2)
+        rows = [torch.nn.functional.interpolate(base, scale_factor=2, mode="bicubic").clamp(0, 1)]
+        caps = [f"64 px, upscaled: {p}" for p in prompts]
+        for s in (0.3, 0.5):
+            rows.append(torch.from_numpy(pipe(prompts, seed=0, hires_scale=2.0, hires_strength=s,
+                                              output_type="np").images).permute(0, 3, 1, 2))
+            caps += [f"hires fix {s}: {p}" for p in prompts]
+        rows.append(torch.from_numpy(pipe(prompts, seed=0, height=128, width=128,
+                                          output_type="np").images).permute(0, 3, 1, 2))
+        caps += [f"plain 128 px: {p}" for p in prompts]
+        save_labelled_grid(torch.cat(rows), caps, Path(args.grid_dir) / "hires_fix.png", cols=len(prompts))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    Path(args.out).write_text(json.dumps({**old, **{k: v for k, v in out.items() if v not in ([], {})}}, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "recolour"}, indent=2))
+
+
+def inpaint(args, pipe, train, test, res, out) -> None:
+    from latentdiff.evaluation import (
+        accuracy,
+        build_parser,
+        evaluator_outputs,
+        get_evaluator,
+        save_labelled_grid,
+    )
+
     defaults = build_parser().parse_args([])
     net, _ = get_evaluator(Path(args.evaluator), train, retrain=False, epochs=defaults.evaluator_epochs,
                            width=defaults.evaluator_width, resolution=defaults.evaluator_resolution, seed=0,
@@ -132,16 +165,6 @@ def main() -> None:
                        [f"real: {sub.captions[i]}" for i in show] + ["inpainted left half"] * len(show),
                        Path(args.grid_dir) / "inpaint_left_half.png", cols=8)
 
-    # 3. hires fix 64 -> 128 beside plain 128 px
-    prompts = ["red apple", "grinning face", "flag: France", "dog face"]
-    hires = torch.from_numpy(pipe(prompts, seed=0, hires_scale=2.0, hires_strength=0.5, output_type="np").images)
-    plain = torch.from_numpy(pipe(prompts, seed=0, height=128, width=128, output_type="np").images)
-    save_labelled_grid(torch.cat([hires, plain]).permute(0, 3, 1, 2),
-                       [f"hires fix: {p}" for p in prompts] + [f"plain 128 px: {p}" for p in prompts],
-                       Path(args.grid_dir) / "hires_fix.png", cols=len(prompts))
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k != "recolour"}, indent=2))
 
 
 if __name__ == "__main__":
