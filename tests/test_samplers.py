@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from latentdiff.denoisers import EpsFunction
-from latentdiff.diffusion import make_alphas_cumprod, make_timesteps
+from latentdiff.diffusion import alphas_cumprod_at, make_alphas_cumprod, make_timesteps
 from latentdiff.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m
 
 SCHED = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -99,9 +99,9 @@ def test_dpmpp_matches_diffusers(spacing, n, order):
 
 
 def test_registry_errors_list_names():
-    assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_1", "dpmpp_2m"}
+    assert {"ddpm", "ddim", "dpmpp_1", "dpmpp_2m"} <= set(SAMPLERS)
     with pytest.raises(ValueError, match="ddim"):
-        get_sampler("euler_a")
+        get_sampler("euler_ancestral")
 
 
 def test_timesteps_must_decrease():
@@ -122,7 +122,7 @@ def gmm_eps(ac):
     ε = -√(1-ᾱ) ∇ log q_t(x_t) (the score view of seeds-math.md)."""
 
     def eps(x, t):
-        a = ac[t.reshape(-1)[0]].item()
+        a = alphas_cumprod_at(ac, t.reshape(-1)[:1]).item()  # fractional t too
         var = a * S2 + 1 - a
         mu = math.sqrt(a) * MEANS.to(x)                       # (K, 2)
         diff = x[:, None, :] - mu[None]                        # (B, K, 2)
