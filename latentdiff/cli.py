@@ -62,7 +62,15 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (replaces the empty prompt in CFG)")
     p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) for --model")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp_1 | dpmpp_2m (default: the model's)")
+    p.add_argument("--sampler", default=None,
+                   help="ddpm | ddim | dpmpp_1 | dpmpp_2m | euler | euler_a | heun | dpm2 | dpm2_a | lms | dpmpp_2s_a | "
+                        "dpmpp_sde | dpmpp_2m_sde | dpmpp_3m_sde | unipc, or an A1111 name such as "
+                        "\"DPM++ 2M Karras\" (default: the model's)")
+    p.add_argument("--schedule", default=None,
+                   help="sigma schedule: default | karras | exponential | polyexponential | sgm_uniform | simple | "
+                        "beta | ays | sigmas:14.6,3.0,...,0 | timesteps:999,700,... (default: the model's)")
+    p.add_argument("--noise-sampler", default=None, choices=["generator", "brownian"],
+                   help="noise of stochastic samplers: per-image generator (default) or Brownian tree (torchsde)")
     p.add_argument("--steps", type=int, default=None, help="number of denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale factor φ (0 = off)")
@@ -119,6 +127,9 @@ def generate(argv: list[str]) -> int:
         args.eta, args.seed, args.num_images = params["eta"], params["seed"], 1
         args.height, args.width, args.spacing = params["height"], params["width"], params["timestep_spacing"]
         args.lora = params.get("lora", [])
+        schedule = params.get("sigma_schedule")
+        args.schedule = "sigmas:" + ",".join(map(str, schedule)) if isinstance(schedule, list) else schedule
+        args.noise_sampler = params.get("noise_sampler")
         args.guidance_rescale = params.get("guidance_rescale", 0.0)
         if params.get("classifier"):
             args.classifier, args.class_label = params["classifier"], params["class_label"]
@@ -146,8 +157,9 @@ def generate(argv: list[str]) -> int:
     out = pipe(args.prompt, args.negative_prompt, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta,
                guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, height=args.height,
                width=args.width, num_images_per_prompt=args.num_images, seed=seed,
-               timestep_spacing=args.spacing, classifier=classifier, class_label=args.class_label,
-               classifier_scale=args.classifier_scale, progress=True)
+               timestep_spacing=args.spacing, sigma_schedule=args.schedule, noise_sampler=args.noise_sampler,
+               classifier=classifier, class_label=args.class_label, classifier_scale=args.classifier_scale,
+               progress=True)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL.PngImagePlugin import PngInfo
@@ -160,6 +172,9 @@ def generate(argv: list[str]) -> int:
                   "classifier_scale": args.classifier_scale}
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params))
+        info.add_text("parameters", f"{params['prompt']}\nNegative prompt: {params['negative_prompt']}\n"  # A1111's
+                      f"Steps: {params['steps']}, Sampler: {params['a1111_sampler']}, CFG scale: "
+                      f"{params['guidance_scale']}, Seed: {params['seed']}, Size: {params['width']}x{params['height']}")
         path = out_dir / f"{_slug(args.prompt)}-{params['seed']}.png"
         save_png_atomic(image, path, pnginfo=info)
         print(path)

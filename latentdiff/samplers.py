@@ -268,6 +268,14 @@ def sample_dpmpp_1(denoiser: Denoiser, x: torch.Tensor, timesteps, **kwargs) -> 
 # ----------------------------------------------------------------------------------------------
 
 NOISE_SAMPLERS = ("generator", "brownian")
+ETA_SAMPLERS = ("ddim", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
+
+
+class _Table:
+    """Just the ᾱ table, where a function needs a denoiser's schedule but no network."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.alphas_cumprod = alphas_cumprod
 
 
 class BrownianTreeNoiseSampler:
@@ -316,18 +324,19 @@ def seeds_from_generators(generator: Generator, batch: int) -> list[int]:
     return [int(torch.randint(0, 2**63 - 1, (), generator=g).item()) for g in gens]
 
 
-def make_noise_sampler(kind: str | NoiseSampler, x: torch.Tensor, sigmas, *, seeds: Sequence[int] | None = None,
-                       generator: Generator = None) -> NoiseSampler:
-    """The ``noise_sampler`` for a run: ``"generator"`` (None: per-image generator noise, the default),
-    ``"brownian"`` (:class:`BrownianTreeNoiseSampler` over the schedule's σ range, one tree per image from
-    ``seeds`` or from the generators), or a callable, returned as is."""
+def make_noise_sampler(kind: str | NoiseSampler, x: torch.Tensor, steps, alphas_cumprod: torch.Tensor, *,
+                       seeds: Sequence[int] | None = None, generator: Generator = None) -> NoiseSampler:
+    """The ``noise_sampler`` for a run over ``steps`` (timesteps or sigmas, as the samplers take them):
+    ``"generator"`` (None: per-image generator noise, the default), ``"brownian"``
+    (:class:`BrownianTreeNoiseSampler` over the schedule's σ range, one tree per image from ``seeds`` or
+    from the generators), or a callable, returned as is."""
     if kind is None or kind == "generator":
         return None
     if callable(kind):
         return kind
     if kind != "brownian":
         raise ValueError(f"Unknown noise sampler {kind!r}; choose one of {', '.join(NOISE_SAMPLERS)} or pass a callable")
-    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    s = torch.as_tensor(_levels(_Table(alphas_cumprod), steps)[0], dtype=torch.float64)
     positive = s[(s > 0) & torch.isfinite(s)]
     seeds = list(seeds) if seeds is not None else seeds_from_generators(generator, x.shape[0])
     return BrownianTreeNoiseSampler(x, float(positive.min()), float(positive.max()), seed=seeds)
@@ -773,3 +782,49 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
         return SAMPLERS[name]
     except KeyError:
         raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# A1111 / Forge names: "DPM++ 2M Karras" = sampler dpmpp_2m + sigma schedule karras
+# ----------------------------------------------------------------------------------------------
+
+A1111_SAMPLERS = {  # A1111's sampler label -> ours (k-diffusion's functions behind A1111's labels)
+    "Euler": "euler", "Euler a": "euler_a", "Heun": "heun", "DPM2": "dpm2", "DPM2 a": "dpm2_a", "LMS": "lms",
+    "DPM++ 2S a": "dpmpp_2s_a", "DPM++ SDE": "dpmpp_sde", "DPM++ 2M": "dpmpp_2m", "DPM++ 2M SDE": "dpmpp_2m_sde",
+    "DPM++ 3M SDE": "dpmpp_3m_sde", "UniPC": "unipc", "DDIM": "ddim", "DDPM": "ddpm",
+}
+A1111_SCHEDULES = {  # A1111's "Schedule type" (and the suffix of its older combined names) -> ours
+    "Automatic": "default", "Karras": "karras", "Exponential": "exponential", "Polyexponential": "polyexponential",
+    "SGM Uniform": "sgm_uniform", "Simple": "simple", "Beta": "beta", "Align Your Steps": "ays",
+}
+
+
+def resolve_sampler(name: str, sigma_schedule=None) -> tuple[str, object]:
+    """(registry sampler, sigma schedule) for a registry name or an A1111 name such as "DPM++ 2M Karras",
+    "Euler a", "DPM++ 2M SDE Exponential" (case-insensitive). A schedule in the name must agree with an
+    explicit ``sigma_schedule``; an unknown name is a ValueError listing the valid ones."""
+    if name in SAMPLERS:
+        return name, sigma_schedule
+    low = name.strip().lower()
+    for label in sorted(A1111_SAMPLERS, key=len, reverse=True):
+        if low == label.lower() or low.startswith(label.lower() + " "):
+            rest = name.strip()[len(label):].strip()
+            if not rest:
+                return A1111_SAMPLERS[label], sigma_schedule
+            schedule = {k.lower(): v for k, v in A1111_SCHEDULES.items()}.get(rest.lower())
+            if schedule is None:
+                break
+            if sigma_schedule not in (None, "default", schedule):
+                raise ValueError(f"sampler {name!r} names the {schedule!r} schedule but sigma_schedule={sigma_schedule!r}")
+            return A1111_SAMPLERS[label], schedule
+    raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}, or an A1111 name: "
+                     f"one of {', '.join(repr(k) for k in A1111_SAMPLERS)} optionally followed by one of "
+                     f"{', '.join(A1111_SCHEDULES)} (e.g. 'DPM++ 2M Karras')")
+
+
+def a1111_name(sampler: str, sigma_schedule="default") -> str:
+    """The A1111 label of a sampler + schedule ("DPM++ 2M Karras"); user lists are not named there."""
+    label = {v: k for k, v in A1111_SAMPLERS.items()}.get(sampler, sampler)
+    if not isinstance(sigma_schedule, str) or sigma_schedule in ("default", "") or ":" in sigma_schedule:
+        return label
+    return f"{label} {({v: k for k, v in A1111_SCHEDULES.items()}[sigma_schedule])}"

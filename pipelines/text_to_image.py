@@ -21,11 +21,18 @@ from PIL import Image
 
 from latentdiff.config import from_dict
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, UNetDenoiser
-from latentdiff.diffusion import make_timesteps, randn
+from latentdiff.diffusion import alphas_cumprod_for_sampling, make_sigmas, make_timesteps, randn
 from latentdiff.io import atomic_dir, check_safetensors_file, check_weights, resolve_model_dir
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
-from latentdiff.samplers import SAMPLERS, get_sampler
+from latentdiff.samplers import (
+    ETA_SAMPLERS,
+    SAMPLERS,
+    a1111_name,
+    get_sampler,
+    make_noise_sampler,
+    resolve_sampler,
+)
 from latentdiff.tokenizer import save_tokenizer
 
 logger = logging.getLogger("latentdiff")
@@ -54,7 +61,8 @@ class TextToImagePipeline(LoraMixin):
         self.scheduler_config = scheduler_config
         self.defaults = defaults or SamplingDefaults()
         self.name = name
-        self.alphas_cumprod = scheduler_config.alphas_cumprod()
+        # ᾱ as the samplers use it (a zero-terminal-SNR table gets ᾱ_{T-1} = 2⁻²⁴; see alphas_cumprod_for_sampling)
+        self.alphas_cumprod = alphas_cumprod_for_sampling(scheduler_config.alphas_cumprod())
         for m in (unet, vae, text_encoder):
             m.eval().requires_grad_(False)
 
@@ -225,25 +233,33 @@ class TextToImagePipeline(LoraMixin):
         output_type: str = "pil",
         callback: Callable[[dict], None] | None = None,
         timestep_spacing: str | None = None,
+        sigma_schedule: str | Sequence[float] | None = None,
+        noise_sampler: str | Callable | None = None,
         classifier=None,
         class_label: int | str | None = None,
         classifier_scale: float | Callable[[int], float] = 0.0,
         progress: bool = False,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
-        image reproducible on its own; ``generator`` is the diffusers-style alternative."""
+        image reproducible on its own; ``generator`` is the diffusers-style alternative.
+        ``sampler`` is a registry name or an A1111 name ("DPM++ 2M Karras" = dpmpp_2m + karras);
+        ``sigma_schedule`` one of :data:`latentdiff.diffusion.SIGMA_SCHEDULES`, ``"sigmas:…"``,
+        ``"timesteps:…"`` or a list of sigmas; ``noise_sampler`` ``"generator"`` (default) or
+        ``"brownian"`` (per-image Brownian trees, torchsde) or a callable ``(σ, σ_next) -> noise``."""
         d = self.defaults
         steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
-        sampler = d.sampler if sampler is None else sampler
+        sampler, sigma_schedule = resolve_sampler(d.sampler if sampler is None else sampler, sigma_schedule)
+        if sigma_schedule is None:
+            sigma_schedule = d.sigma_schedule or "default"
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
-        eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
+        eta = (d.eta if sampler == "ddim" else None) if eta is None else eta
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
         sample_fn = get_sampler(sampler)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-        if eta and sampler != "ddim":
-            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
+        if eta and sampler not in ETA_SAMPLERS:
+            raise ValueError(f"eta={eta} applies to the samplers {', '.join(ETA_SAMPLERS)} only (sampler={sampler!r})")
         f = self.vae_scale_factor
         if height % f or width % f or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of the VAE factor {f}; got {height}×{width}")
@@ -292,22 +308,30 @@ class TextToImagePipeline(LoraMixin):
                 classifier.check_compatible(self.unet, latents.shape, self.alphas_cumprod)
             denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
 
-        # 4. sample
+        # 4. sample: the model's integer timesteps (default schedule) or a sigma schedule
         spacing = timestep_spacing or self.default_timestep_spacing
-        timesteps = make_timesteps(steps, self.scheduler_config.num_train_timesteps, spacing,
-                                   self.scheduler_config.steps_offset, self.alphas_cumprod)
-        options = {}
+        if isinstance(sigma_schedule, str) and sigma_schedule == "default":
+            levels = make_timesteps(steps, self.scheduler_config.num_train_timesteps, spacing,
+                                    self.scheduler_config.steps_offset, self.alphas_cumprod)
+        else:
+            levels = make_sigmas(sigma_schedule, steps, self.alphas_cumprod, spacing=spacing,
+                                 steps_offset=self.scheduler_config.steps_offset)
+        options = {"eta": eta} if eta is not None and sampler in ETA_SAMPLERS else {}
         if sampler == "ddim":
-            options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one
-                       else float(self.alphas_cumprod[0])}
-        latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
+            options["final_alpha_cumprod"] = 1.0 if self.scheduler_config.set_alpha_to_one \
+                else float(self.alphas_cumprod[0])
+        noise = make_noise_sampler(noise_sampler, latents, levels, self.alphas_cumprod, seeds=seeds, generator=generator)
+        latents = sample_fn(denoiser, latents, levels, generator=generator, noise_sampler=noise, callback=callback,
                             progress=progress, **options)
 
         # 5. decode
         params = [
             {"prompt": p, "negative_prompt": n, "seed": s, "sampler": sampler, "steps": steps, "eta": eta,
              "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
-             "timestep_spacing": spacing}
+             "timestep_spacing": spacing,
+             "sigma_schedule": sigma_schedule if isinstance(sigma_schedule, str) else [float(v) for v in sigma_schedule],
+             "a1111_sampler": a1111_name(sampler, sigma_schedule),
+             "noise_sampler": noise_sampler if isinstance(noise_sampler, str) else None}
             for p, n, s in zip(prompts, negatives, seeds or [None] * batch)
         ]
         if output_type == "latent":

@@ -221,7 +221,7 @@ def test_third_order_sde_coefficient_is_the_exact_integral():
     from scipy.integrate import quad
 
     for h in (0.05, 0.3, 1.0):
-        exact = quad(lambda u: 2 * math.exp(-2 * u) * (h - u) ** 2, 0, h)[0] / (2 * h * h)
+        exact = quad(lambda u, h=h: 2 * math.exp(-2 * u) * (h - u) ** 2, 0, h)[0] / (2 * h * h)
         h_eta = 2 * h
         phi_2 = math.expm1(-h_eta) / h_eta + 1
         ours = -(phi_2 / h_eta - 0.5)
