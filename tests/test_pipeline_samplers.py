@@ -135,3 +135,65 @@ def test_cli_schedule_and_a1111_name_round_trip(tiny_pipeline_dir, tmp_path):
     b = np.asarray(Image.open(tmp_path / "b" / "red_apple-2.png")).astype(int)
     assert np.abs(a - b).max() <= 1
     assert main(["generate", "x", "--model", str(tiny_pipeline_dir), "--schedule", "nope"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- zero terminal SNR
+
+
+@pytest.fixture(scope="module")
+def zero_snr_dir(tiny_config, tmp_path_factory):
+    """The tiny model as a v-prediction model on a zero-terminal-SNR schedule with trailing spacing (Lin et al.)."""
+    import dataclasses
+
+    from latentdiff.pipelines import TextToImagePipeline
+
+    sched = dataclasses.replace(tiny_config.scheduler, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                timestep_spacing="trailing", steps_offset=0)
+    path = tmp_path_factory.mktemp("zsnr") / "pipe"
+    TextToImagePipeline.from_config(dataclasses.replace(tiny_config, scheduler=sched), seed=0).save_pretrained(path)
+    return path
+
+
+def test_zero_snr_config_round_trips_and_has_alpha_bar_zero(zero_snr_dir):
+    from latentdiff.pipelines import TextToImagePipeline
+
+    cfg = json.loads((zero_snr_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["rescale_betas_zero_snr"] is True
+    pipe = TextToImagePipeline.from_pretrained(zero_snr_dir)
+    assert pipe.scheduler_config.alphas_cumprod()[-1] == 0.0  # the model's table
+    assert pipe.alphas_cumprod[-1] == 2.0**-24  # what the samplers use, as diffusers' σ schedulers
+
+
+@pytest.mark.parametrize("name,cls", [("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler")])
+def test_zero_snr_v_prediction_matches_diffusers(zero_snr_dir, name, cls):
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    from latentdiff.pipelines import TextToImagePipeline
+
+    ours = TextToImagePipeline.from_pretrained(zero_snr_dir)
+    sd = StableDiffusionPipeline.from_pretrained(zero_snr_dir, safety_checker=None)
+    sd.set_progress_bar_config(disable=True)
+    sched = getattr(diffusers, cls).from_config(sd.scheduler.config)
+    assert sched.config.rescale_betas_zero_snr and sched.config.timestep_spacing == "trailing"
+    a = ours(PROMPTS, seed=[3, 4], sampler=name, **KW).images
+    b = theirs(sd, sched)
+    assert np.isfinite(a).all()
+    # DDIM: diffusers steps from ᾱ_T = 0 exactly, we from 2⁻²⁴ (relative √ᾱ = 2⁻¹² on the first x̂0)
+    np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def zero_snr_pipe(zero_snr_dir):
+    from latentdiff.pipelines import TextToImagePipeline
+
+    return TextToImagePipeline.from_pretrained(zero_snr_dir)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_handles_zero_terminal_snr(zero_snr_pipe, sampler):
+    pipe = zero_snr_pipe
+    for schedule in ("default", "karras"):
+        out = pipe("x", seed=0, sampler=sampler, sigma_schedule=schedule, num_inference_steps=4,
+                   guidance_scale=3.0, output_type="latent")
+        assert torch.isfinite(out.latents).all(), (sampler, schedule)
