@@ -571,6 +571,29 @@ def sample_dpmpp_2s_a(denoiser: Denoiser, x: torch.Tensor, sigmas, *, eta: float
     return walk.finish(x)
 
 
+def _nested_noise(noise: Callable, from_generator: bool, sigma: float, sigma_s: float, sigma_next: float):
+    """Normalised Brownian increments over [σ_s, σ] and [σ_next, σ] (σ > σ_s > σ_next), drawn lazily.
+
+    A noise hook (a Brownian tree) answers both requests from one path. Independent generator draws
+    would not (the intervals overlap; k-diffusion's ``sample_dpmpp_sde`` with its default tree is right,
+    with plain ``randn`` it is not: on the Gaussian mixture it misses a component weight by 0.03). So
+    generator noise is W(σ_s) - W(σ) = √(σ-σ_s) z1 and W(σ_next) - W(σ) = that + √(σ_s-σ_next) z2."""
+    if not from_generator:
+        return (lambda: noise(sigma, sigma_s)), (lambda: noise(sigma, sigma_next))
+    drawn = {}
+
+    def first():
+        if "z1" not in drawn:
+            drawn["z1"] = noise(sigma, sigma_s)
+        return drawn["z1"]
+
+    def full():
+        z2 = noise(sigma_s, sigma_next)
+        return (math.sqrt(sigma - sigma_s) * first() + math.sqrt(sigma_s - sigma_next) * z2) / math.sqrt(sigma - sigma_next)
+
+    return first, full
+
+
 @torch.no_grad()
 def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas, *, eta: float = 1.0, s_noise: float = 1.0,
                      r: float = 0.5, generator: Generator = None, noise_sampler: NoiseSampler = None,
@@ -579,8 +602,9 @@ def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas, *, eta: float 
     "DPM++ SDE"): a stochastic single-step second-order solver — an ancestral exponential step to the
     intermediate λ_s = λ + r h, x̂0 there, then the ancestral step over the whole interval with
     D = (1 - 1/(2r)) x̂0 + 1/(2r) x̂0_s (Lu et al. 2022, §4 / Algorithm 1 with the SDE's noise).
-    The noise of both half-steps comes from ``noise_sampler`` (k-diffusion's default is a Brownian tree;
-    ours is per-image generator noise, :class:`BrownianTreeNoiseSampler` on request).
+    The two noises of a step are increments of one Brownian path (:func:`_nested_noise`): from
+    ``noise_sampler`` if given (k-diffusion's default is a Brownian tree; :class:`BrownianTreeNoiseSampler`),
+    else built from per-image generator noise.
     Two evaluations per step (one on the last)."""
     walk, noise = _SigmaWalk(denoiser, sigmas, callback, progress), _noise(noise_sampler, generator, x)
     x = walk.start(x)
@@ -591,13 +615,15 @@ def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas, *, eta: float 
         else:
             lam, lam_next = -math.log(sigma), -math.log(sigma_next)
             sigma_s = math.exp(-(lam + r * (lam_next - lam)))
+            # the two noises are increments of one Brownian path over [σ_s, σ] ⊂ [σ_next, σ]: from a
+            # generator, build the second from the first plus an independent piece (a Brownian tree does it itself)
+            z_s, z = _nested_noise(noise, noise_sampler is None, sigma, sigma_s, sigma_next)
             sd, su = _ancestral_step(sigma, sigma_s, eta)
-            x_s = _add_noise(_exp_step(x, sigma, sd, denoised), noise, sigma, sigma_s, su * s_noise)
+            x_s = _exp_step(x, sigma, sd, denoised) + (z_s() * (su * s_noise) if su > 0 else 0)
             denoised_s = walk.denoised(x_s, sigma_s)
             fac = 1 / (2 * r)
             sd, su = _ancestral_step(sigma, sigma_next, eta)
-            x = _exp_step(x, sigma, sd, (1 - fac) * denoised + fac * denoised_s)
-            x = _add_noise(x, noise, sigma, sigma_next, su * s_noise)
+            x = _exp_step(x, sigma, sd, (1 - fac) * denoised + fac * denoised_s) + (z() * (su * s_noise) if su > 0 else 0)
         walk.report(i, x, denoised)
     return walk.finish(x)
 
