@@ -810,6 +810,22 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
         raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
+def count_evaluations(name: str, steps, alphas_cumprod: torch.Tensor) -> int:
+    """Network evaluations per image of sampler ``name`` on ``steps`` (timesteps or sigmas), counted by
+    running it on a free stand-in denoiser (Heun, DPM2, DPM++ 2S/SDE evaluate twice per step but once
+    on the step to σ = 0)."""
+    calls = []
+
+    class _Count(_Table):
+        def __call__(self, x, t, **_):
+            calls.append(1)
+            return torch.zeros_like(x)
+
+    get_sampler(name)(_Count(alphas_cumprod), torch.zeros(1, 1, dtype=torch.float64), steps,
+                      generator=torch.Generator().manual_seed(0))
+    return len(calls)
+
+
 # ----------------------------------------------------------------------------------------------
 # A1111 / Forge names: "DPM++ 2M Karras" = sampler dpmpp_2m + sigma schedule karras
 # ----------------------------------------------------------------------------------------------

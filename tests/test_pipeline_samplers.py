@@ -197,3 +197,20 @@ def test_every_sampler_handles_zero_terminal_snr(zero_snr_pipe, sampler):
         out = pipe("x", seed=0, sampler=sampler, sigma_schedule=schedule, num_inference_steps=4,
                    guidance_scale=3.0, output_type="latent")
         assert torch.isfinite(out.latents).all(), (sampler, schedule)
+
+
+def test_sampler_report_rows_carry_schedule_and_nfe_and_plot(tiny_pipe, tmp_path):
+    from PIL import Image
+
+    from latentdiff.evaluation import plot_sampler_report, sampler_report
+
+    r = sampler_report(tiny_pipe, ["red apple", "cat"], {}, None, samplers=["euler", "heun", "DPM++ 2M Karras"],
+                       steps=(2, 3), schedules=("default", "karras"), reference_steps=8, progress=False)
+    got = [(row["sampler"], row["schedule"], row["steps"], row["nfe"]) for row in r["rows"]]
+    assert got[:4] == [("euler", "default", 2, 2), ("euler", "default", 3, 3), ("euler", "karras", 2, 2),
+                       ("euler", "karras", 3, 3)]
+    assert ("heun", "karras", 3, 5) in got  # two evaluations per step, one on the last
+    assert all(np.isfinite(row["latent_rmse"]) for row in r["rows"])
+    pytest.importorskip("matplotlib")
+    plot_sampler_report(r, tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size[0] > 100
