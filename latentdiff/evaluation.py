@@ -575,7 +575,8 @@ def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor]
                    samplers: Sequence[str] = ("ddim", "ddpm", "dpmpp_2m"), steps: Sequence[int] = (5, 10, 20, 50),
                    spacings: Sequence[str | None] = (None,), reference_steps: int = 1000,
                    guidance_scale: float | None = None, seed: int = 0, batch_size: int = 32,
-                   progress: bool = True, schedules: Sequence[str] = ("default",)) -> dict:
+                   progress: bool = True, schedules: Sequence[str] = ("default",),
+                   reference_latents: torch.Tensor | None = None) -> dict:
     """Latent RMSE of each sampler at each step count (and timestep spacing; None = the model's)
     against a ``reference_steps`` DDIM (η = 0) solution from the same initial noise, and evaluator
     accuracy of the decoded images. RMSE = √mean((z − z_ref)²) per image, averaged over images. DDPM
@@ -587,9 +588,11 @@ def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor]
     from latentdiff.diffusion import make_sigmas, make_timesteps
     from latentdiff.samplers import ETA_SAMPLERS, count_evaluations, resolve_sampler
 
-    _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
-                        guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
-                        progress=progress, desc=f"ddim {reference_steps} (reference)")
+    z_ref = reference_latents  # already computed by the caller from the same prompts, seed and guidance
+    if z_ref is None:
+        _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
+                            guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
+                            progress=progress, desc=f"ddim {reference_steps} (reference)")
     rows = []
     sc = pipe.scheduler_config
     for name in samplers:
