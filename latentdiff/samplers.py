@@ -305,8 +305,10 @@ class BrownianTreeNoiseSampler:
         if self.batched and len(seed) != x.shape[0]:
             raise ValueError(f"Got {len(seed)} Brownian-tree seeds for a batch of {x.shape[0]}; pass one per image")
         w0 = torch.zeros_like(x[0] if self.batched else x)
-        self.trees = [torchsde.BrownianTree(self.sigma_min, w0, self.sigma_max, entropy=int(s))
-                      for s in (seed if self.batched else [seed])]
+        # the tree spans a hair more than [σ_min, σ_max], so clamped requests never touch its ends
+        # (torchsde warns about, and mishandles, queries a rounding error outside them)
+        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        self.trees = [torchsde.BrownianTree(lo, w0, hi, entropy=int(s)) for s in (seed if self.batched else [seed])]
 
     def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
         a = min(max(float(sigma), self.sigma_min), self.sigma_max)
