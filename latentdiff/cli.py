@@ -75,7 +75,15 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (replaces the empty prompt in CFG)")
     p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) for --model")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp_1 | dpmpp_2m (default: the model's)")
+    p.add_argument("--sampler", default=None,
+                   help="ddpm | ddim | dpmpp_1 | dpmpp_2m | euler | euler_a | heun | dpm2 | dpm2_a | lms | dpmpp_2s_a | "
+                        "dpmpp_sde | dpmpp_2m_sde | dpmpp_3m_sde | unipc, or an A1111 name such as "
+                        "\"DPM++ 2M Karras\" (default: the model's)")
+    p.add_argument("--schedule", default=None,
+                   help="sigma schedule: default | karras | exponential | polyexponential | sgm_uniform | simple | "
+                        "beta | ays | sigmas:14.6,3.0,...,0 | timesteps:999,700,... (default: the model's)")
+    p.add_argument("--noise-sampler", default=None, choices=["generator", "brownian"],
+                   help="noise of stochastic samplers: per-image generator (default) or Brownian tree (torchsde)")
     p.add_argument("--steps", type=int, default=None, help="number of denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale factor φ (0 = off)")
@@ -169,7 +177,8 @@ PNG_PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "model":
               "keep_unmasked": "keep_unmasked", "only_masked": "only_masked", "only_masked_padding": "padding",
               "outpaint": "outpaint", "hires_scale": "hires", "hires_strength": "hires_strength",
               "hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps", "embeddings": "embedding",
-              "lora_dir": "lora_dir", "prompt_normalization": "prompt_normalization"}
+              "lora_dir": "lora_dir", "prompt_normalization": "prompt_normalization",
+              "sigma_schedule": "schedule", "noise_sampler": "noise_sampler"}
 PNG_REQUIRED = ("prompt", "seed", "sampler", "steps", "guidance_scale", "height", "width")
 
 
@@ -268,6 +277,8 @@ def generate(argv: list[str]) -> int:
         args.negative_prompt = args.negative_prompt or None
         args.image = _check_input_file("image", params, args.image)
         args.mask = _check_input_file("mask", params, args.mask)
+        if isinstance(args.schedule, list):  # a user list of sigmas
+            args.schedule = "sigmas:" + ",".join(map(str, args.schedule))
         if isinstance(args.outpaint, list):
             args.outpaint = ",".join(str(v) for v in args.outpaint)
         if params.get("hires_scale") is not None:  # the recorded height/width are the hires output
@@ -332,7 +343,8 @@ def generate(argv: list[str]) -> int:
     out = pipe(args.prompt, args.negative_prompt, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta,
                guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, height=args.height,
                width=args.width, num_images_per_prompt=args.num_images, seed=seed,
-               timestep_spacing=args.spacing, classifier=classifier, class_label=args.class_label,
+               timestep_spacing=args.spacing, sigma_schedule=args.schedule, noise_sampler=args.noise_sampler,
+               classifier=classifier, class_label=args.class_label,
                classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check,
                prompt_normalization=args.prompt_normalization, **image_kw)
     from latentdiff.pipelines.inputs import file_sha256
@@ -343,6 +355,7 @@ def generate(argv: list[str]) -> int:
             files.update({kind: str(path), f"{kind}_sha256": file_sha256(path)})
     from PIL.PngImagePlugin import PngInfo
 
+    from latentdiff.a1111 import INFOTEXT_KEY, format_infotext
     from latentdiff.images import make_grid
 
     for image, params in zip(out.images, out.parameters):
@@ -353,6 +366,9 @@ def generate(argv: list[str]) -> int:
                   "prompt_normalization": args.prompt_normalization}
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params))
+        info.add_text(INFOTEXT_KEY, format_infotext(params["prompt"], params["negative_prompt"], {  # A1111's chunk
+            "Steps": params["steps"], "Sampler": params["a1111_sampler"], "CFG scale": params["guidance_scale"],
+            "Seed": params["seed"], "Size": f"{params['width']}x{params['height']}", "Model": args.model}))
         print(save_new_png(image, out_dir, f"{_slug(args.prompt)}-{params['seed']}", pnginfo=info))
     if args.grid:
         print(save_new_png(make_grid(out.images), out_dir, "grid"))

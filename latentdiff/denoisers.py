@@ -34,7 +34,9 @@ class UNetDenoiser:
     """The only code that calls a diffusers ``UNet2DConditionModel``.
 
     Returns ε̂ whatever the network predicts: v-prediction outputs are converted with
-    ε̂ = √(1-ᾱ_t) x_t + √ᾱ_t v.
+    ε̂ = √(1-ᾱ_t) x_t + √ᾱ_t v. ``t`` is a long tensor of training timesteps or a float tensor of
+    fractional ones (σ-space samplers); the U-Net gets it as is (its sinusoidal embedding is continuous)
+    and ᾱ(t) for the conversion is interpolated, never rounded (:func:`latentdiff.diffusion.alphas_cumprod_at`).
 
     ``concat`` (B, C', h, w), optional: extra input channels appended to x_t for the network only
     (a 9-channel inpainting U-Net sees [x_t, mask, masked-image latents], diffusers' layout); it is
@@ -58,7 +60,8 @@ class UNetDenoiser:
         if self.concat is not None:
             extra = self.concat.to(x.dtype)
             x_in = torch.cat([x, extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)], dim=1)
-        out = self.unet(x_in.to(dtype), t.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
+        t_net = t.float() if t.is_floating_point() else t  # float32 like diffusers' σ schedulers (mps has no float64)
+        out = self.unet(x_in.to(dtype), t_net.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
                         **unet_kwargs)[0].to(x.dtype)
         if self.prediction_type == "v_prediction":
             out = predict_eps_from_v(x, t, out, self.alphas_cumprod)
@@ -146,7 +149,7 @@ class ClassifierGuidance:
     ``log_prob(x_t, t) -> (B,)`` is any differentiable function (a noise-aware classifier's
     log-softmax at the target class, or an analytic one). The gradient is taken with respect to x_t
     only, under ``torch.enable_grad()`` inside the otherwise no-grad sampler. ``scale`` is a number
-    or a function of the integer timestep (a scale schedule).
+    or a function of the timestep (a scale schedule; an int at training timesteps, a float between them).
     """
 
     def __init__(self, inner, log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -164,9 +167,10 @@ class ClassifierGuidance:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
         eps = self.inner(x, t, **kw)
-        t_int = int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
-        s = self.scale(t_int) if callable(self.scale) else float(self.scale)
+        t0 = t.reshape(-1)[0].item() if torch.is_tensor(t) else t
+        t0 = int(t0) if t0 == int(t0) else float(t0)  # fractional between training timesteps (σ samplers)
+        s = self.scale(t0) if callable(self.scale) else float(self.scale)
         if s == 0.0:
             return eps
-        sigma = _extract(self.alphas_cumprod, t_int, x).mul(-1).add(1).sqrt()  # √(1-ᾱ_t)
+        sigma = _extract(self.alphas_cumprod, t0, x).mul(-1).add(1).sqrt()  # √(1-ᾱ_t), ᾱ(t) never rounded
         return eps - s * sigma * self.grad_log_prob(x, t)

@@ -474,7 +474,7 @@ def frechet_distance(features1, features2) -> float:
 
 def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
              guidance_scale: float | None = None, timestep_spacing: str | None = None, batch_size: int = 32,
-             progress: bool = True, desc: str = "generate") -> tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = True, desc: str = "generate", sigma_schedule: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, H, W) in [0, 1] on the CPU, final latents (N, C, h, w)). Prompt i always gets
     seed ``seed + i`` (the same initial noise whatever the batching, sampler or guidance)."""
     from tqdm.auto import tqdm
@@ -484,7 +484,7 @@ def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None =
         batch = list(prompts[i:i + batch_size])
         out = pipe(batch, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
                    timestep_spacing=timestep_spacing, seed=[seed + i + k for k in range(len(batch))],
-                   output_type="latent")
+                   output_type="latent", sigma_schedule=sigma_schedule)
         latents.append(out.latents.float().cpu())
         images.append(pipe.decode_latents(out.latents).float().cpu())
     return torch.cat(images), torch.cat(latents)
@@ -575,31 +575,83 @@ def sampler_report(pipe, prompts: Sequence[str], labels: dict[str, torch.Tensor]
                    samplers: Sequence[str] = ("ddim", "ddpm", "dpmpp_2m"), steps: Sequence[int] = (5, 10, 20, 50),
                    spacings: Sequence[str | None] = (None,), reference_steps: int = 1000,
                    guidance_scale: float | None = None, seed: int = 0, batch_size: int = 32,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, schedules: Sequence[str] = ("default",),
+                   reference_latents: torch.Tensor | None = None) -> dict:
     """Latent RMSE of each sampler at each step count (and timestep spacing; None = the model's)
     against a ``reference_steps`` DDIM (η = 0) solution from the same initial noise, and evaluator
     accuracy of the decoded images. RMSE = √mean((z − z_ref)²) per image, averaged over images. DDPM
     adds fresh noise at every step, so it converges to *a* sample of the model, not to the ODE's: its
-    error stays large. The reference visits every timestep (trailing spacing: T-1 … 0)."""
-    _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
-                        guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
-                        progress=progress, desc=f"ddim {reference_steps} (reference)")
+    error stays large. The reference visits every timestep (trailing spacing: T-1 … 0).
+    ``schedules`` adds a row per sigma schedule (karras, exponential, ...; "default" = the spacing's
+    timesteps); each row carries its network evaluations per image ("nfe"; Heun, DPM2, DPM++ 2S/SDE
+    cost two per step), the fair axis to compare samplers on (:func:`plot_sampler_report`)."""
+    from latentdiff.diffusion import make_sigmas, make_timesteps
+    from latentdiff.samplers import ETA_SAMPLERS, count_evaluations, resolve_sampler
+
+    z_ref = reference_latents  # already computed by the caller from the same prompts, seed and guidance
+    if z_ref is None:
+        _, z_ref = generate(pipe, prompts, seed=seed, steps=reference_steps, sampler="ddim",
+                            guidance_scale=guidance_scale, timestep_spacing="trailing", batch_size=batch_size,
+                            progress=progress, desc=f"ddim {reference_steps} (reference)")
     rows = []
+    sc = pipe.scheduler_config
     for name in samplers:
-        for spacing in spacings:
-            spacing = spacing or pipe.default_timestep_spacing
-            for n in steps:
-                t0 = time.perf_counter()
-                images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name, guidance_scale=guidance_scale,
-                                     timestep_spacing=spacing, batch_size=batch_size, progress=progress,
-                                     desc=f"{name} {spacing} {n}")
-                row = {"sampler": name, "spacing": spacing, "steps": n, "stochastic": name == "ddpm",
-                       "latent_rmse": float((z - z_ref).pow(2).flatten(1).mean(1).sqrt().mean()),
-                       "seconds_per_image": (time.perf_counter() - t0) / len(prompts)}
-                if net is not None:
-                    row["accuracy"] = accuracy(evaluator_outputs(net, images)[0], labels)
-                rows.append(row)
+        for schedule in schedules:
+            for spacing in (spacings if schedule == "default" else (None,)):
+                spacing = spacing or pipe.default_timestep_spacing
+                for n in steps:
+                    t0 = time.perf_counter()
+                    images, z = generate(pipe, prompts, seed=seed, steps=n, sampler=name,
+                                         guidance_scale=guidance_scale, timestep_spacing=spacing,
+                                         batch_size=batch_size, progress=progress, desc=f"{name} {schedule} {n}",
+                                         sigma_schedule=schedule)
+                    key = resolve_sampler(name)[0]
+                    levels = make_timesteps(n, sc.num_train_timesteps, spacing, sc.steps_offset, pipe.alphas_cumprod) \
+                        if schedule == "default" else make_sigmas(schedule, n, pipe.alphas_cumprod)
+                    row = {"sampler": name, "schedule": schedule, "spacing": spacing if schedule == "default" else "",
+                           "steps": n, "nfe": count_evaluations(key, levels, pipe.alphas_cumprod),
+                           "stochastic": key == "ddpm" or (key in ETA_SAMPLERS and key != "ddim"),
+                           "latent_rmse": float((z - z_ref).pow(2).flatten(1).mean(1).sqrt().mean()),
+                           "seconds_per_image": (time.perf_counter() - t0) / len(prompts)}
+                    if net is not None:
+                        row["accuracy"] = accuracy(evaluator_outputs(net, images)[0], labels)
+                    rows.append(row)
     return {"n": len(prompts), "reference": f"ddim, {reference_steps} steps, eta=0", "rows": rows}
+
+
+def plot_sampler_report(report: dict, path: str | Path, title: str | None = None) -> None:
+    """Latent RMSE against network evaluations per image, one line per sampler × schedule (log-log), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentdiff.images import save_png_atomic
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    lines: dict[tuple, list] = {}
+    for r in report["rows"]:
+        lines.setdefault((r["sampler"], r.get("schedule", "default"), r.get("spacing", "")), []).append(r)
+    for (name, schedule, spacing), rows in sorted(lines.items()):
+        rows = sorted(rows, key=lambda r: r.get("nfe", r["steps"]))
+        style = "--" if rows[0]["stochastic"] else "-"
+        ax.plot([r.get("nfe", r["steps"]) for r in rows], [r["latent_rmse"] for r in rows], style, marker="o", ms=3,
+                label=f"{name} {schedule}" + (f" ({spacing})" if spacing and schedule == "default" else ""))
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per image (NFE)"), ax.set_ylabel(f"latent RMSE vs {report['reference']}")
+    ax.set_title(title or f"Sampler convergence ({report['n']} prompts; dashed: stochastic)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from PIL import Image
+
+    buf.seek(0)
+    save_png_atomic(Image.open(buf).convert("RGB"), path)
 
 
 def guidance_report(pipe, real: ImageSet, net: EvaluatorNet | None, scales: Sequence[float], *,
@@ -725,11 +777,13 @@ def markdown_report(results: dict) -> str:
     if "samplers" in results:
         s = results["samplers"]
         out += [f"### Samplers: latent RMSE vs {s['reference']} from the same noise ({s['n']} prompts)", "",
-                "| sampler | spacing | steps | latent RMSE | " + " | ".join(f"{c} accuracy" for c in cols) + " | s/image |",
-                "|---|---|---|---|" + "---|" * len(cols) + "---|"]
+                "| sampler | schedule | spacing | steps | NFE | latent RMSE | " + " | ".join(f"{c} accuracy" for c in cols)
+                + " | s/image |",
+                "|---|---|---|---|---|---|" + "---|" * len(cols) + "---|"]
         for r in s["rows"]:
             name = r["sampler"] + (" (stochastic)" if r["stochastic"] else "")
-            out.append(f"| {name} | {r.get('spacing', '')} | {r['steps']} | {_num(r['latent_rmse'])} | "
+            out.append(f"| {name} | {r.get('schedule', 'default')} | {r.get('spacing', '')} | {r['steps']} | "
+                       f"{r.get('nfe', r['steps'])} | {_num(r['latent_rmse'])} | "
                        + " | ".join(_pct(r.get("accuracy", {}).get(c)) for c in cols)
                        + f" | {_num(r['seconds_per_image'])} |")
         out.append("")
@@ -816,6 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-spacings", default=None,
                    help="comma-separated timestep spacings for the sampler report, e.g. trailing,logsnr "
                         "(default: --spacing, i.e. the model's)")
+    p.add_argument("--sampler-schedules", default="default",
+                   help="comma-separated sigma schedules for the sampler report, e.g. default,karras,exponential")
+    p.add_argument("--sampler-plot", default=None, help="write the sampler report's error-vs-NFE plot (PNG) here")
     p.add_argument("--reference-steps", type=int, default=1000)
     p.add_argument("--guidance-scales", default="1,2,3,5,7.5")
     p.add_argument("--sampler", default=None, help="sampler for the other sections (default: the model's)")
@@ -936,7 +993,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         results["samplers"] = sampler_report(
             pipe, sub.captions, sub.labels, net, samplers=args.samplers.split(","), steps=_ints(args.sampler_steps),
             spacings=[x.strip() or None for x in args.sampler_spacings.split(",")] if args.sampler_spacings
-            else (args.spacing,), reference_steps=args.reference_steps, guidance_scale=args.guidance, **common)
+            else (args.spacing,), reference_steps=args.reference_steps, guidance_scale=args.guidance,
+            schedules=[x.strip() for x in args.sampler_schedules.split(",")], **common)
+        if args.sampler_plot:
+            plot_sampler_report(results["samplers"], args.sampler_plot)
     if "guidance" in sections:
         sweep_set = test_set.subset(range(min(len(test_set), args.guidance_limit or len(test_set))))
         results["guidance"] = guidance_report(pipe, sweep_set, net, _floats(args.guidance_scales),

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from .diffusion import make_alphas_cumprod
+from .diffusion import alphas_cumprod_from_betas, make_betas, rescale_zero_terminal_snr
 
 
 @dataclass
@@ -119,9 +119,14 @@ class SchedulerConfig:
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     steps_offset: int = 0
     set_alpha_to_one: bool = True
+    rescale_betas_zero_snr: bool = False  # Lin et al. 2024: ᾱ_{T-1} = 0 (use with trailing spacing, v-prediction)
 
     def alphas_cumprod(self) -> torch.Tensor:
-        return make_alphas_cumprod(self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end)
+        """The training ᾱ table (float64); with ``rescale_betas_zero_snr`` its last entry is exactly 0."""
+        betas = make_betas(self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end)
+        if self.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        return alphas_cumprod_from_betas(betas)
 
     def to_diffusers(self) -> dict:
         """A DDIMScheduler config that diffusers' pipelines load with the same schedule."""
@@ -135,6 +140,7 @@ class SchedulerConfig:
             "timestep_spacing": self.timestep_spacing,
             "steps_offset": self.steps_offset,
             "set_alpha_to_one": self.set_alpha_to_one,
+            "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
             "clip_sample": False,
             "trained_betas": None,
         }
@@ -157,6 +163,7 @@ class SchedulerConfig:
             timestep_spacing=cfg.get("timestep_spacing", "leading"),
             steps_offset=int(cfg.get("steps_offset", 0)),
             set_alpha_to_one=bool(cfg.get("set_alpha_to_one", True)),
+            rescale_betas_zero_snr=bool(cfg.get("rescale_betas_zero_snr", False)),
         )
 
 
@@ -169,13 +176,17 @@ class SamplingDefaults:
     guidance_scale: float = 5.0
     eta: float = 0.0
     timestep_spacing: str = ""  # "" = the scheduler config's; "logsnr" lives here, since diffusers' schedulers lack it
+    sigma_schedule: str = "default"  # default = σ at the timestep spacing; karras, exponential, ... (diffusion.make_sigmas)
 
     def validate(self):
-        from .diffusion import TIMESTEP_SPACINGS
+        from .diffusion import SIGMA_SCHEDULES, TIMESTEP_SPACINGS
         from .samplers import SAMPLERS
 
         if self.sampler not in SAMPLERS:
             raise ValueError(f"defaults.sampler {self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"defaults.sigma_schedule {self.sigma_schedule!r} is unknown; choose one of "
+                             f"{', '.join(SIGMA_SCHEDULES)}")
         if self.timestep_spacing and self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"defaults.timestep_spacing {self.timestep_spacing!r} is unknown; choose one of "
                              f"{', '.join(TIMESTEP_SPACINGS)} or '' (the scheduler's)")

@@ -33,7 +33,15 @@ from latentdiff.denoisers import (
     ScheduledConditioning,
     UNetDenoiser,
 )
-from latentdiff.diffusion import TIMESTEP_SPACINGS, make_timesteps, q_sample, randn
+from latentdiff.diffusion import (
+    TIMESTEP_SPACINGS,
+    alphas_cumprod_for_sampling,
+    make_sigmas,
+    make_timesteps,
+    q_sample,
+    randn,
+    sigma_to_t,
+)
 from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
 from latentdiff.io import (
     PICKLE_SUFFIXES,
@@ -47,7 +55,14 @@ from latentdiff.io import (
 )
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
-from latentdiff.samplers import SAMPLERS, get_sampler
+from latentdiff.samplers import (
+    ETA_SAMPLERS,
+    SAMPLERS,
+    a1111_name,
+    get_sampler,
+    make_noise_sampler,
+    resolve_sampler,
+)
 from latentdiff.tokenizer import save_tokenizer
 
 logger = logging.getLogger("latentdiff")
@@ -155,7 +170,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         self.scheduler_config = scheduler_config
         self.defaults = defaults or SamplingDefaults()
         self.name = name
-        self.alphas_cumprod = scheduler_config.alphas_cumprod()
+        # ᾱ as the samplers use it (a zero-terminal-SNR table gets ᾱ_{T-1} = 2⁻²⁴; see alphas_cumprod_for_sampling)
+        self.alphas_cumprod = alphas_cumprod_for_sampling(scheduler_config.alphas_cumprod())
         self.prompt_normalization = "a1111"  # how (word:1.3) weights apply: a1111 | comfy | none
         self.lora_dir: str | None = None     # where <lora:name:w> prompt tags are looked up
         for m in (unet, vae, text_encoder):
@@ -330,7 +346,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         :class:`ScheduledConditioning` when a prompt edits or alternates text between steps."""
         from latentdiff.prompts import num_chunks, prompt_schedule
 
-        steps = max(len(levels), 1)
+        steps = max(num_steps(levels), 1)
         schedules = [prompt_schedule(p, steps) for p in prompts]
         texts = {t for sch in schedules for _, t in sch}
         k = max(min_chunks, *(num_chunks(self.tokenizer, self.maybe_convert_prompt(t, self.tokenizer))
@@ -342,12 +358,14 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         for end in ends:
             at = [next(t for e, t in sch if end - 1 < e) for sch in schedules]
             runs.append((end, self.encode_prompt(at, normalization, k)))
+        if torch.is_tensor(levels) and levels.is_floating_point():  # sigmas -> the (fractional) timesteps the
+            levels = sigma_to_t(levels[:-1], self.alphas_cumprod)       # denoiser sees
         return ScheduledConditioning(runs, levels)
 
     def chunks_needed(self, prompts: Sequence[str], levels) -> int:
         from latentdiff.prompts import num_chunks, prompt_schedule
 
-        steps = max(len(levels), 1)
+        steps = max(num_steps(levels), 1)
         return max(num_chunks(self.tokenizer, self.maybe_convert_prompt(t, self.tokenizer))
                    for p in prompts for _, t in prompt_schedule(p, steps))
 
@@ -405,9 +423,10 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         _check_int("num_inference_steps", steps, 1, T)
         _check_number("guidance_scale", guidance_scale)
         _check_number("guidance_rescale", guidance_rescale, 0.0, 1.0)
-        _check_number("eta", eta, 0.0, 1.0)
-        if eta and sampler != "ddim":
-            raise ValueError(f"eta={eta} applies to the ddim sampler only (sampler={sampler!r})")
+        if eta is not None:
+            _check_number("eta", eta, 0.0, 1.0)
+        if eta and sampler not in ETA_SAMPLERS:
+            raise ValueError(f"eta={eta} applies to the samplers {', '.join(ETA_SAMPLERS)} only (sampler={sampler!r})")
         _check_int("height", height)
         _check_int("width", width)
         f = self.vae_scale_factor
@@ -537,6 +556,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         output_type: str = "pil",
         callback: Callable[[dict], None] | None = None,
         timestep_spacing: str | None = None,
+        sigma_schedule: str | Sequence[float] | None = None,
+        noise_sampler: str | Callable | None = None,
         classifier=None,
         class_label: int | str | None = None,
         classifier_scale: float | Callable[[int], float] = 0.0,
@@ -562,6 +583,10 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
         image reproducible on its own; ``generator`` is the diffusers-style alternative.
+        ``sampler`` is a registry name or an A1111 name ("DPM++ 2M Karras" = dpmpp_2m + karras);
+        ``sigma_schedule`` one of :data:`latentdiff.diffusion.SIGMA_SCHEDULES`, ``"sigmas:…"``,
+        ``"timesteps:…"`` or a list of sigmas; ``noise_sampler`` ``"generator"`` (default) or
+        ``"brownian"`` (per-image Brownian trees, torchsde) or a callable ``(σ, σ_next) -> noise``.
 
         From an image (SDEdit, Meng et al. 2022): ``image`` with ``strength`` s ∈ [0, 1] (default
         0.8) encodes the image, noises it to the first kept timestep and samples from there. Steps
@@ -609,9 +634,13 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         with self._tagged_loras(tags, lora_dir or self.lora_dir):
             d = self.defaults
             steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
-            sampler = d.sampler if sampler is None else sampler
+            if sampler is not None and not isinstance(sampler, str):
+                raise TypeError(f"sampler must be a name (e.g. 'dpmpp_2m' or 'DPM++ 2M Karras'), got {type(sampler).__name__}")
+            sampler, sigma_schedule = resolve_sampler(d.sampler if sampler is None else sampler, sigma_schedule)
+            if sigma_schedule is None:
+                sigma_schedule = d.sigma_schedule or "default"
             guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
-            eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
+            eta = (d.eta if sampler == "ddim" else None) if eta is None else eta
             f = self.vae_scale_factor
             unet_channels = self.unet.config.in_channels
             latent_channels = self.vae.config.latent_channels
@@ -641,9 +670,11 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                 self.check_memory(n_prompts * num_images_per_prompt, int(height * scale) // f * f,
                                   int(width * scale) // f * f, guided=guidance_scale != 1.0)
 
-            # 1. the sampler's timesteps (the tail of the schedule when starting from an image)
+            # 1. the sampler's noise levels: the model's integer timesteps (default schedule) or n+1 sigmas;
+            #    their tail when starting from an image
             spacing = timestep_spacing or self.default_timestep_spacing
-            timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps)
+            timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps,
+                                        sigma_schedule)
 
             # 2. prompts -> text embeddings (uncond/negative only when guiding); LoRA tags were applied
             if prompt_embeds is not None:
@@ -703,7 +734,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             image_latents = mask = concat = None
             if init is not None and strength == 0.0:  # nothing to denoise: the input through the VAE
                 latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
-                timesteps = timesteps[:0]
+                timesteps = timesteps[:0]  # (no step)
             else:
                 if init is not None and (init["mask"] is not None and not inpaint_unet or strength < 1.0):
                     image_latents = self.encode_images(init["pixels"].expand(batch, -1, -1, -1), per_image)
@@ -715,7 +746,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                     latents = latents.to(self.device, torch.float32)
                 noise = latents
                 if init is not None and strength < 1.0:
-                    latents = q_sample(image_latents, int(timesteps[0]), noise, self.alphas_cumprod)
+                    latents = noise_to_level(image_latents, timesteps[0], noise, self.alphas_cumprod)
                 if init is not None and init["mask"] is not None:
                     mask = F.interpolate(init["mask"], size=shape[-2:]).to(self.device).expand(batch, -1, -1, -1)
                     if inpaint_unet:
@@ -729,13 +760,15 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             # 5. the denoiser: UNet adapter, wrapped by CFG and classifier guidance; 6. sample
             denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
                                       classifier_scale, batch, shape, concat)
-            options = {}
+            options = {"eta": eta} if eta is not None and sampler in ETA_SAMPLERS else {}
             if sampler == "ddim":
-                options = {"eta": eta, "final_alpha_cumprod": 1.0 if self.scheduler_config.set_alpha_to_one
-                           else float(self.alphas_cumprod[0])}
-            if len(timesteps):
-                latents = sample_fn(denoiser, latents, timesteps, generator=generator, callback=callback,
-                                    progress=progress, **options)
+                options["final_alpha_cumprod"] = 1.0 if self.scheduler_config.set_alpha_to_one \
+                    else float(self.alphas_cumprod[0])
+            if num_steps(timesteps):
+                noise_fn = make_noise_sampler(noise_sampler, latents, timesteps, self.alphas_cumprod, seeds=seeds,
+                                              generator=generator)
+                latents = sample_fn(denoiser, latents, timesteps, generator=generator, noise_sampler=noise_fn,
+                                    callback=callback, progress=progress, **options)
             if not torch.isfinite(latents).all():
                 raise NonFiniteError(self._nonfinite_cause("the sampled latents", None, guidance_scale, eta))
 
@@ -751,10 +784,10 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                     pixels = torch.stack([_to_unit_tensor(p.resize((width, height), Image.Resampling.LANCZOS))
                                           for p in pils]) * 2 - 1
                     big = self.encode_images(pixels, per_image)
-                hires_ts = self._timesteps(hires_steps or steps, spacing, hires_strength, "diffusers")
+                hires_ts = self._timesteps(hires_steps or steps, spacing, hires_strength, "diffusers", sigma_schedule)
                 noise = randn(big.shape, generator=generator, device=self.device, dtype=torch.float32)
-                latents = q_sample(big, int(hires_ts[0]), noise, self.alphas_cumprod) if len(hires_ts) else big
-                if len(hires_ts):
+                latents = noise_to_level(big, hires_ts[0], noise, self.alphas_cumprod) if num_steps(hires_ts) else big
+                if num_steps(hires_ts):
                     big_shape = (batch, latent_channels, height // f, width // f)
                     if isinstance(cond, ScheduledConditioning) or isinstance(uncond, ScheduledConditioning):
                         k = self.chunks_needed(prompts + (negatives if guidance_scale != 1.0 else []), hires_ts)
@@ -763,14 +796,20 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                             if guidance_scale != 1.0 else None
                     denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
                                               classifier_scale, batch, big_shape, None)
-                    latents = sample_fn(denoiser, latents, hires_ts, generator=generator, callback=callback,
-                                        progress=progress, **options)
+                    noise_fn = make_noise_sampler(noise_sampler, latents, hires_ts, self.alphas_cumprod, seeds=seeds,
+                                                  generator=generator)
+                    latents = sample_fn(denoiser, latents, hires_ts, generator=generator, noise_sampler=noise_fn,
+                                        callback=callback, progress=progress, **options)
 
             # 8. decode (and paste back)
             params = [
                 {"prompt": p, "negative_prompt": n, "seed": s, "sampler": sampler, "steps": steps, "eta": eta,
                  "guidance_scale": guidance_scale, "height": height, "width": width, "model": self.name,
-                 "timestep_spacing": spacing, **(init["params"] if init else {}),
+                 "timestep_spacing": spacing,
+                 "sigma_schedule": sigma_schedule if isinstance(sigma_schedule, str) else [float(v) for v in sigma_schedule],
+                 "a1111_sampler": a1111_name(sampler, sigma_schedule),
+                 "noise_sampler": noise_sampler if isinstance(noise_sampler, str) else None,
+                 **(init["params"] if init else {}),
                  **({"hires_scale": hires_scale, "hires_strength": hires_strength, "hires_upscaler": hires_upscaler,
                      "hires_steps": hires_steps or steps, "base_height": base_size[0], "base_width": base_size[1]}
                     if hires_scale is not None else {})}
@@ -871,21 +910,29 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             denoiser = ClassifierGuidance(denoiser, classifier.log_prob_fn(class_label, batch), classifier_scale)
         return denoiser
 
-    def _timesteps(self, steps: int, spacing: str, strength: float, strength_steps: str) -> torch.Tensor:
-        """The N-step schedule, or its tail for image-to-image (see ``__call__``)."""
+    def _timesteps(self, steps: int, spacing: str, strength: float, strength_steps: str,
+                   sigma_schedule="default") -> torch.Tensor:
+        """The N-step schedule (N integer timesteps, or N+1 sigmas ending at 0), or its tail for
+        image-to-image (see ``__call__``)."""
         sc = self.scheduler_config
-        if strength_steps == "exact" and 0.0 < strength < 1.0:
-            full = make_timesteps(int(steps / strength), sc.num_train_timesteps, spacing, sc.steps_offset,
-                                  self.alphas_cumprod)
-            return full[-steps:]
-        full = make_timesteps(steps, sc.num_train_timesteps, spacing, sc.steps_offset, self.alphas_cumprod)
+
+        def full(n):
+            if isinstance(sigma_schedule, str) and sigma_schedule == "default":
+                return make_timesteps(n, sc.num_train_timesteps, spacing, sc.steps_offset, self.alphas_cumprod)
+            return make_sigmas(sigma_schedule, n, self.alphas_cumprod, spacing=spacing, steps_offset=sc.steps_offset)
+
+        levels = full(steps)
+        extra = int(levels.is_floating_point())  # sigma lists carry the final 0
         if strength >= 1.0:
-            return full
-        kept = min(int(steps * strength), steps)
+            return levels
+        if strength_steps == "exact" and strength > 0.0:
+            return full(int(steps / strength))[-(steps + extra):]
+        n = num_steps(levels)
+        kept = min(int(n * strength), n)
         if kept < 1 and strength > 0.0:
-            raise ValueError(f"strength {strength} x {steps} steps leaves no step to run (int(N·strength) = 0); "
+            raise ValueError(f"strength {strength} x {n} steps leaves no step to run (int(N·strength) = 0); "
                              "raise strength or num_inference_steps, or use strength_steps='exact'")
-        return full[steps - kept:]
+        return levels[n - kept:]
 
     def _prepare_image_inputs(self, image, mask_image, height, width, strength, strength_steps, mask_blur,
                               only_masked, padding, keep_unmasked, outpaint, inpaint_unet):
@@ -1033,6 +1080,20 @@ def read_embedding(source, token: str | None, *, allow_pickle: bool = False) -> 
     return token or name, vectors
 
 
+def num_steps(levels) -> int:
+    """Sampler steps of a level list: n integer timesteps, or n+1 sigmas."""
+    return len(levels) - 1 if torch.is_tensor(levels) and levels.is_floating_point() else len(levels)
+
+
+def noise_to_level(z: torch.Tensor, level, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """q(x | z) at a noise level: an integer timestep t (ᾱ_t), or a sigma σ (ᾱ = 1/(1+σ²), the
+    fractional timestep's ᾱ): √ᾱ z + √(1-ᾱ) noise, in the model's scaling."""
+    if torch.is_tensor(level) and level.is_floating_point():
+        a = 1.0 / (1.0 + float(level) ** 2)
+        return math.sqrt(a) * z + math.sqrt(1.0 - a) * noise
+    return q_sample(z, int(level), noise, alphas_cumprod)
+
+
 STRENGTH_STEPS = ("diffusers", "exact")
 HIRES_UPSCALERS = ("latent-bilinear", "latent-bicubic", "latent-nearest", "lanczos")
 
@@ -1060,13 +1121,14 @@ class _KnownRegion:
     initial noise, or the clean latents after the last step (diffusers' inpaint pipeline). Then the
     user's callback, if any, sees the blended sample."""
 
-    def __init__(self, image_latents, noise, mask, timesteps, alphas_cumprod, user_callback):
-        self.z, self.noise, self.mask, self.ts = image_latents, noise, mask, [int(t) for t in timesteps]
+    def __init__(self, image_latents, noise, mask, levels, alphas_cumprod, user_callback):
+        self.z, self.noise, self.mask, self.levels = image_latents, noise, mask, levels
         self.ac, self.user = alphas_cumprod, user_callback
 
     def __call__(self, info: dict) -> torch.Tensor:
         i, x = info["i"], info["x"]
-        known = q_sample(self.z, self.ts[i + 1], self.noise, self.ac) if i + 1 < len(self.ts) else self.z
+        nxt = i + 1
+        known = noise_to_level(self.z, self.levels[nxt], self.noise, self.ac) if nxt < len(self.levels) else self.z
         x = (1 - self.mask) * known.to(x.dtype) + self.mask * x
         if self.user is not None:
             out = self.user({**info, "x": x})

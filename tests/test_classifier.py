@@ -24,7 +24,7 @@ from latentdiff.classifier import (
 )
 from latentdiff.config import ConfigError, load_config
 from latentdiff.denoisers import ClassifierGuidance, EpsFunction
-from latentdiff.diffusion import make_alphas_cumprod, make_timesteps
+from latentdiff.diffusion import alphas_cumprod_at, make_alphas_cumprod, make_timesteps
 from latentdiff.samplers import SAMPLERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ S0 = 0.5                                                              # class st
 
 
 def _a(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t).reshape(-1).long()
-    return AC[t].to(x.dtype).reshape(-1, 1)
+    t = torch.as_tensor(t).reshape(-1)
+    return alphas_cumprod_at(AC, t).to(x.dtype).reshape(-1, 1)  # fractional t too
 
 
 def mixture_log_joint(x: torch.Tensor, t) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentdiff.denoisers import ClassifierFreeGuidance, ClassifierGuidance, Conditioned, EpsFunction
-from latentdiff.diffusion import make_alphas_cumprod, make_timesteps
+from latentdiff.diffusion import alphas_cumprod_at, make_alphas_cumprod, make_timesteps
 from latentdiff.samplers import SAMPLERS, sample_ddim
 
 AC = make_alphas_cumprod("linear", 1000, 1e-4, 0.02)
@@ -58,14 +58,14 @@ S2 = 0.1
 
 def noisy_logits(x, t):
     """log p(y | x_t) for the noised two-Gaussian mixture, in closed form."""
-    a = AC[t.reshape(-1)[0]].item()
+    a = alphas_cumprod_at(AC, t.reshape(-1)[:1]).item()  # fractional t too (Heun, DPM2, ... midpoints)
     var = a * S2 + 1 - a
     m = math.sqrt(a) * MU
     return torch.stack([-(x[:, 0] + m) ** 2, -(x[:, 0] - m) ** 2], dim=1) / (2 * var)
 
 
 def exact_uncond_eps(x, t):
-    a = AC[t.reshape(-1)[0]].item()
+    a = alphas_cumprod_at(AC, t.reshape(-1)[:1]).item()  # fractional t too (Heun, DPM2, ... midpoints)
     var = a * S2 + 1 - a
     r = torch.softmax(noisy_logits(x, t), dim=1)
     m = math.sqrt(a) * MU

@@ -95,7 +95,7 @@ def test_fp16_save_keeps_live_model_fp32(tiny_pipe, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sampler="euler"), "ddim"),
+    (dict(sampler="euler_ancestral"), "ddim"),
     (dict(num_inference_steps=0), "num_inference_steps"),
     (dict(height=31), "multiples of the VAE factor 2"),
     (dict(output_type="jpg"), "output_type"),
@@ -243,9 +243,9 @@ def test_model_sampling_defaults_are_used_and_checked(tiny_pipeline_dir, tmp_pat
     other = pipe("red apple", seed=0, output_type="latent", timestep_spacing="trailing")
     assert not torch.equal(out.latents, other.latents)
     pipe.save_pretrained(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved" / "latentdiff.json").read_text())["defaults"] == defaults
+    assert json.loads((tmp_path / "saved" / "latentdiff.json").read_text())["defaults"] == {**defaults, "sigma_schedule": "default"}
 
-    for bad, match in [({"sampler": "euler"}, "choose one of"), ({"timestep_spacing": "karras"}, "logsnr"),
+    for bad, match in [({"sampler": "euler_ancestral"}, "choose one of"), ({"timestep_spacing": "karras"}, "logsnr"),
                        ({"num_steps": 4}, "Unknown config key.*num_steps"), ({"guidance_scale": "high"}, "guidance_scale")]:
         extras.write_text(json.dumps({"defaults": {**defaults, **bad}}))
         with pytest.raises(ValueError, match=match):
