@@ -641,8 +641,8 @@ def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, m
     monkeypatch.setattr(E, "train_evaluator", lambda *a, **k: pytest.fail("trained before checking --model"))
     rc, _, err = run(capsys, "eval", "--model", tmp_path / "missing")
     assert rc == 2 and "not found" in one_error_line(err) and "missing" in err
-    rc, _, err = run(capsys, "eval", "--samplers", "ddim,euler")
-    assert rc == 2 and "Unknown sampler 'euler'" in one_error_line(err)
+    rc, _, err = run(capsys, "eval", "--samplers", "ddim,nope")
+    assert rc == 2 and "Unknown sampler 'nope'" in one_error_line(err)
     rc, _, err = run(capsys, "eval", "--device", "gpu")
     assert rc == 2 and "device 'gpu' is not a device name" in one_error_line(err)
     rc, _, err = run(capsys, "eval", "--out", tmp_path)
@@ -705,7 +705,7 @@ def test_fresh_clip_run_into_another_clip_run_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("item, match", [
     ("log_every=0", "log_every must be >= 1"),
     ("checkpointing_steps=-5", "checkpointing_steps must be >= 0"),
-    ("validation_sampler=euler", "validation_sampler 'euler' is unknown; choose one of ddpm"),
+    ("validation_sampler=nope", "validation_sampler 'nope' is unknown; choose one of ddpm"),
     ("validation_num_inference_steps=0", "validation_num_inference_steps must be >= 1"),
 ])
 def test_loop_settings_are_checked_when_the_config_loads(tmp_path, capsys, item, match):
