@@ -31,17 +31,30 @@ class A1111Sampler:
     aliases: tuple[str, ...] = ()
 
 
-# The one table to extend when the pipeline gains samplers. A1111 (>= 1.9) also accepts the old combined
-# names ("DPM++ 2M Karras" = sampler "DPM++ 2M" + scheduler "Karras"); add those as entries whose kwargs
-# carry the schedule, e.g. A1111Sampler("DPM++ 2M Karras", {"sampler": "dpmpp_2m", "sigmas": "karras"}),
-# when the pipeline accepts it. Names not listed here are refused (422), never approximated.
-A1111_SAMPLERS: tuple[A1111Sampler, ...] = (
-    A1111Sampler("DPM++ 2M", {"sampler": "dpmpp_2m"}, ("k_dpmpp_2m", "dpmpp_2m")),
-    A1111Sampler("DDIM", {"sampler": "ddim"}),
-    A1111Sampler("DDPM", {"sampler": "ddpm"}),
+# Built from the samplers' own A1111 names (latentdiff.samplers.A1111_SAMPLERS / A1111_SCHEDULES, the
+# one table): each A1111 sampler label, and A1111's older combined names ("DPM++ 2M Karras" = sampler
+# "DPM++ 2M" + schedule "Karras") carrying the sigma schedule. Names not listed are refused (422).
+def _build_samplers() -> tuple[A1111Sampler, ...]:
+    from latentdiff.samplers import A1111_SAMPLERS as LABELS
+    from latentdiff.samplers import A1111_SCHEDULES as SCHEDULES
+
+    out = []
+    for label, name in LABELS.items():
+        aliases = tuple(a for a in ((name, "k_" + name) if name not in ("ddim", "ddpm") else ())
+                        if a.lower() != label.lower())
+        out.append(A1111Sampler(label, {"sampler": name}, aliases))
     # first-order DPM-Solver++ has no A1111 name of its own; our registry name is its alias
-    A1111Sampler("DPM++ 1", {"sampler": "dpmpp_1"}, ("dpmpp_1",)),
-)
+    out.append(A1111Sampler("DPM++ 1", {"sampler": "dpmpp_1"}, ("dpmpp_1",)))
+    for label, name in LABELS.items():
+        if name in ("ddim", "ddpm"):
+            continue
+        for sched_label, sched in SCHEDULES.items():
+            if sched != "default":
+                out.append(A1111Sampler(f"{label} {sched_label}", {"sampler": name, "sigma_schedule": sched}))
+    return tuple(out)
+
+
+A1111_SAMPLERS: tuple[A1111Sampler, ...] = _build_samplers()
 
 
 @dataclass(frozen=True)
@@ -51,15 +64,20 @@ class A1111Scheduler:
     kwargs: dict
 
 
-# "automatic" is A1111's "the sampler's/model's own schedule". The others are our timestep spacings under
-# their own names (A1111 has no exact equivalents; "Uniform"/"SGM Uniform" are sigma-space schedules).
-A1111_SCHEDULERS: tuple[A1111Scheduler, ...] = (
-    A1111Scheduler("automatic", "Automatic", {}),
-    A1111Scheduler("leading", "Leading", {"timestep_spacing": "leading"}),
-    A1111Scheduler("trailing", "Trailing", {"timestep_spacing": "trailing"}),
-    A1111Scheduler("linspace", "Linspace", {"timestep_spacing": "linspace"}),
-    A1111Scheduler("logsnr", "Log-SNR", {"timestep_spacing": "logsnr"}),
-)
+def _build_schedulers() -> tuple[A1111Scheduler, ...]:
+    """A1111's "Schedule type" list (its API names are lower-case: karras, exponential, ...), then our
+    timestep spacings under their own names ("automatic" is the model's own schedule)."""
+    from latentdiff.samplers import A1111_SCHEDULES as SCHEDULES
+
+    out = [A1111Scheduler("automatic", "Automatic", {})]
+    out += [A1111Scheduler(sched, label, {"sigma_schedule": sched}) for label, sched in SCHEDULES.items()
+            if sched != "default"]
+    out += [A1111Scheduler(n, label, {"timestep_spacing": n}) for n, label in
+            (("leading", "Leading"), ("trailing", "Trailing"), ("linspace", "Linspace"), ("logsnr", "Log-SNR"))]
+    return tuple(out)
+
+
+A1111_SCHEDULERS: tuple[A1111Scheduler, ...] = _build_schedulers()
 
 
 def _norm(name: str) -> str:
@@ -200,7 +218,7 @@ def params_from_infotext(text: str) -> dict:
     kwargs = dict(sampler.kwargs)
     if p.get("Schedule type"):
         kwargs.update(find_scheduler(p["Schedule type"]).kwargs)
-    unsupported = sorted(set(kwargs) - {"sampler", "timestep_spacing"})
+    unsupported = sorted(set(kwargs) - {"sampler", "timestep_spacing", "sigma_schedule"})
     if unsupported:
         raise ValueError(f"sampler {sampler.name!r} needs pipeline options --from-png does not pass: {unsupported}")
     try:
@@ -209,7 +227,8 @@ def params_from_infotext(text: str) -> dict:
             "sampler": kwargs["sampler"], "steps": int(p["Steps"]), "guidance_scale": float(p["CFG scale"]),
             "eta": float(p["Eta DDIM"]) if kwargs["sampler"] == "ddim" and "Eta DDIM" in p else None,
             "seed": int(p["Seed"]), "width": int(p["Size-1"]), "height": int(p["Size-2"]),
-            "timestep_spacing": kwargs.get("timestep_spacing"), "lora": [], "guidance_rescale": 0.0,
+            "timestep_spacing": kwargs.get("timestep_spacing"), "sigma_schedule": kwargs.get("sigma_schedule"),
+            "lora": [], "guidance_rescale": 0.0,
         }
     except ValueError as e:
         raise ValueError(f"the PNG's A1111 parameters have an unreadable number ({e})") from None

@@ -54,12 +54,28 @@ def test_sampler_lookup_by_name_and_alias_and_unknown_lists_valid_names():
     assert a1111.find_sampler("ddim").kwargs == {"sampler": "ddim"}
     assert a1111.find_sampler("k_dpmpp_2m").name == "DPM++ 2M"
     assert a1111.sampler_for("ddpm").name == "DDPM"
-    with pytest.raises(ValueError, match=r"Unknown sampler 'Euler a'; choose one of DPM\+\+ 2M, DDIM"):
-        a1111.find_sampler("Euler a")
+    assert a1111.find_sampler("Euler a").kwargs == {"sampler": "euler_a"}
+    assert a1111.find_sampler("DPM++ 2M Karras").kwargs == {"sampler": "dpmpp_2m", "sigma_schedule": "karras"}
+    assert a1111.find_sampler("dpm++ 2m sde exponential").kwargs == {"sampler": "dpmpp_2m_sde",
+                                                                      "sigma_schedule": "exponential"}
+    with pytest.raises(ValueError, match=r"Unknown sampler 'Euler b'; choose one of Euler, Euler a"):
+        a1111.find_sampler("Euler b")
     assert a1111.find_scheduler("Automatic").kwargs == {}
     assert a1111.find_scheduler("trailing").kwargs == {"timestep_spacing": "trailing"}
-    with pytest.raises(ValueError, match="Unknown scheduler 'karras'; choose one of automatic"):
-        a1111.find_scheduler("karras")
+    assert a1111.find_scheduler("karras").kwargs == {"sigma_schedule": "karras"}
+    with pytest.raises(ValueError, match="Unknown scheduler 'kerras'; choose one of automatic"):
+        a1111.find_scheduler("kerras")
+
+
+def test_a1111_names_agree_with_the_pipelines_parser():
+    """Every name the server accepts resolves to the same sampler and schedule in the pipeline."""
+    from latentdiff.samplers import resolve_sampler
+
+    for s in a1111.A1111_SAMPLERS:
+        if s.name == "DPM++ 1":  # the server's name for dpmpp_1, which A1111 does not have
+            continue
+        sampler, schedule = resolve_sampler(s.name, None)
+        assert sampler == s.kwargs["sampler"] and (schedule or None) == s.kwargs.get("sigma_schedule"), s
 
 
 def test_prompt_tags():
@@ -79,8 +95,10 @@ def test_params_from_infotext_refuses_what_it_cannot_reproduce():
     with pytest.raises(ValueError, match=r"extra-network tags \(<lora:shiny:0.8>\); --from-png cannot resolve"):
         a1111.params_from_infotext(A1111_INFOTEXT)
     no_tags = A1111_INFOTEXT.replace(" <lora:shiny:0.8>", "")
-    with pytest.raises(ValueError, match="Unknown scheduler 'Karras'"):
-        a1111.params_from_infotext(no_tags)
+    params = a1111.params_from_infotext(no_tags)  # DPM++ 2M + Karras: both ours now
+    assert (params["sampler"], params["sigma_schedule"], params["steps"]) == ("dpmpp_2m", "karras", 20)
+    with pytest.raises(ValueError, match="Unknown scheduler 'Kerras'"):
+        a1111.params_from_infotext(no_tags.replace("Karras", "Kerras"))
     with pytest.raises(ValueError, match="lack Steps"):
         a1111.params_from_infotext("red apple\nSampler: DDIM, Seed: 1, CFG scale: 7, Size: 8x8")
 

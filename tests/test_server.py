@@ -82,15 +82,17 @@ def info_of(response) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a1111_name, ours", [("DDIM", "ddim"), ("DPM++ 2M", "dpmpp_2m"), ("DDPM", "ddpm")])
-def test_webuiapi_txt2img_equals_the_pipeline(server, reference, a1111_name, ours):
+@pytest.mark.parametrize("a1111_name, ours, schedule", [
+    ("DDIM", "ddim", None), ("DPM++ 2M", "dpmpp_2m", None), ("DDPM", "ddpm", None),
+    ("Euler a", "euler_a", None), ("DPM++ 2M Karras", "dpmpp_2m", "karras")])
+def test_webuiapi_txt2img_equals_the_pipeline(server, reference, a1111_name, ours, schedule):
     api = server.api()
     r = api.txt2img(prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=a1111_name, steps=3, cfg_scale=4.0,
                     seed=7, batch_size=2, **SIZE)
     # webuiapi always sends eta=1.0; A1111 gives it to DDIM (stochastic DDIM) and nothing else
     eta = 1.0 if ours == "ddim" else None
     want = reference(PROMPT, NEGATIVE, sampler=ours, num_inference_steps=3, guidance_scale=4.0, seed=7,
-                     num_images_per_prompt=2, eta=eta, height=32, width=32).images
+                     num_images_per_prompt=2, eta=eta, height=32, width=32, sigma_schedule=schedule).images
     assert len(r.images) == 2
     np.testing.assert_array_equal(pixels(r.images), pixels(want))
     assert r.info["all_seeds"] == [7, 8] and r.info["sampler_name"] == a1111_name
@@ -250,8 +252,8 @@ BAD = [
     ("txt2img", {"width": 33, "height": 32}, 422, "height and width must be positive multiples of the VAE factor"),
     ("txt2img", {"batch_size": 4, "n_iter": 3}, 422, "batch_size × n_iter = 12 images exceeds"),
     ("txt2img", {"cfg_scale": -2}, 422, "cfg_scale must be a finite number >= 0"),
-    ("txt2img", {"sampler_name": "Euler a"}, 422, "Unknown sampler 'Euler a'; choose one of DPM++ 2M, DDIM"),
-    ("txt2img", {"scheduler": "karras"}, 422, "Unknown scheduler 'karras'; choose one of automatic"),
+    ("txt2img", {"sampler_name": "Euler b"}, 422, "Unknown sampler 'Euler b'; choose one of Euler, Euler a"),
+    ("txt2img", {"scheduler": "kerras"}, 422, "Unknown scheduler 'kerras'; choose one of automatic"),
     ("txt2img", {"prompt": "<lora:../shiny:1>"}, 422, "LoRA name '../shiny' is not a plain name"),
     ("txt2img", {"prompt": "<lora:/etc/passwd:1>"}, 422, "LoRA name '/etc/passwd' is not a plain name"),
     ("txt2img", {"prompt": "<lora:escape:1>"}, 422, "Unknown LoRA 'escape' in the prompt; --lora-dir has shiny"),
