@@ -238,7 +238,7 @@ def k_sampling():
         return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
-        pytest.skip("k-diffusion is not installed (pip install 'latentdiff[dev]')")
+        pytest.skip("k-diffusion is not installed (README's set-up: pip install --no-deps k-diffusion==0.1.1.post1)")
     root = Path(spec.submodule_search_locations[0])
     if True:
         pkg = types.ModuleType("k_diffusion")
