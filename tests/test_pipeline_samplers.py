@@ -186,8 +186,9 @@ def zero_snr_pipe(zero_snr_dir):
 def test_every_sampler_handles_zero_terminal_snr(zero_snr_pipe, sampler):
     pipe = zero_snr_pipe
     for schedule in ("default", "karras"):
-        out = pipe("x", seed=0, sampler=sampler, sigma_schedule=schedule, num_inference_steps=4,
-                   guidance_scale=3.0, output_type="latent")
+        # two steps: the first starts from σ_max ≈ 4096; no CFG (one U-Net half) keeps it cheap
+        out = pipe("x", seed=0, sampler=sampler, sigma_schedule=schedule, num_inference_steps=2,
+                   guidance_scale=1.0, output_type="latent")
         assert torch.isfinite(out.latents).all(), (sampler, schedule)
 
 
