@@ -130,3 +130,96 @@ def test_single_file_pickles_are_refused_before_anything_is_read(tmp_path, tiny_
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         TextToImagePipeline.from_single_file(bad, config=tiny_pipeline_dir)
+
+
+# ------------------------------------------------------------------ single-file checkpoints
+
+
+def _to_ldm(pipe) -> dict:
+    """The tiny pipeline as an original (CompVis/A1111) single-file state dict: the inverse of
+    diffusers' LDM converter for this architecture, written from the LDM layout (input_blocks /
+    middle_block / output_blocks, first_stage_model, cond_stage_model). The test below checks it by
+    the round trip: diffusers must rebuild the very same weights."""
+    import re
+
+    L = pipe.unet.config.layers_per_block
+    res = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+    up_attn = {i for i, t in enumerate(pipe.unet.config.up_block_types) if "CrossAttn" in t}
+    out = {}
+    for k, v in pipe.unet.state_dict().items():
+        n = k
+        for a, b in (("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
+                     ("time_embedding.linear_2.", "time_embed.2."), ("conv_norm_out.", "out.0."),
+                     ("conv_out.", "out.2.")):
+            if n.startswith(a):
+                n = b + n[len(a):]
+        m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", n)
+        if m:
+            kind, b, part, l, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+            if kind == "down":
+                i = (b + 1) * (L + 1) if part == "downsamplers" else 1 + b * (L + 1) + l
+                sub = {"resnets": "0", "attentions": "1", "downsamplers": "0"}[part]
+                rest = rest.replace("conv.", "op.") if part == "downsamplers" else rest
+            else:
+                i = b * (L + 1) + (L if part == "upsamplers" else l)
+                sub = {"resnets": "0", "attentions": "1", "upsamplers": "2" if b in up_attn else "1"}[part]
+            n = f"{'input' if kind == 'down' else 'output'}_blocks.{i}.{sub}.{rest}"
+            if part == "resnets":
+                head, _, tail = rest.partition(".")
+                n = f"{'input' if kind == 'down' else 'output'}_blocks.{i}.0.{res.get(head, head)}.{tail}"
+        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", n)
+        if m:
+            part, l, rest = m.groups()
+            i = 1 if part == "attentions" else 2 * int(l)
+            if part == "resnets":
+                head, _, tail = rest.partition(".")
+                rest = f"{res.get(head, head)}.{tail}"
+            n = f"middle_block.{i}.{rest}"
+        out["model.diffusion_model." + n] = v
+    nv = len(pipe.vae.config.block_out_channels)
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for k, v in pipe.vae.state_dict().items():
+        n = k.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        n = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", n)
+        n = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", n)
+        n = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{nv - 1 - int(m.group(1))}.block.", n)
+        n = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{nv - 1 - int(m.group(1))}.upsample.", n)
+        n = n.replace("mid_block.resnets.0.", "mid.block_1.").replace("mid_block.resnets.1.", "mid.block_2.")
+        if "mid_block.attentions.0." in n:
+            head, rest = n.split("mid_block.attentions.0.")
+            name, _, param = rest.rpartition(".")
+            n = f"{head}mid.attn_1.{attn[name]}.{param}"
+            if v.ndim == 2:  # the LDM VAE's attention is 1x1 convolutions
+                v = v[:, :, None, None]
+        out["first_stage_model." + n] = v
+    for k, v in pipe.text_encoder.state_dict().items():  # (transformers >= 5.6 dropped the text_model. level)
+        out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def test_single_file_checkpoint_round_trip_equals_diffusers(tiny_pipe, tiny_pipeline_dir, tmp_path):
+    """An original-format .safetensors loads through from_single_file (diffusers' converter) into the
+    very same weights, and gives the image of the folder it came from and of diffusers' own
+    StableDiffusionPipeline.from_single_file."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file(_to_ldm(tiny_pipe), str(ckpt))
+    ours = TextToImagePipeline.from_single_file(ckpt, config=tiny_pipeline_dir)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(tiny_pipe, name).state_dict(), getattr(ours, name).state_dict()
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), f"{name} weights changed in the round trip"
+    kw = dict(seed=[1, 2], sampler="ddim", timestep_spacing="trailing", num_inference_steps=STEPS,
+              guidance_scale=CFG, output_type="np")
+    a = ours(["red apple", "cat"], **kw).images
+    np.testing.assert_array_equal(a, tiny_pipe(["red apple", "cat"], **kw).images)
+    sd = StableDiffusionPipeline.from_single_file(str(ckpt), config=str(tiny_pipeline_dir), local_files_only=True,
+                                                  safety_checker=None, requires_safety_checker=False)
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config, timestep_spacing="trailing")
+    sd.set_progress_bar_config(disable=True)
+    b = sd(["red apple", "cat"], num_inference_steps=STEPS, guidance_scale=CFG, output_type="np", height=32, width=32,
+           generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+    np.testing.assert_allclose(a, b, atol=1e-4)
