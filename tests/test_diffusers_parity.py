@@ -156,13 +156,13 @@ def _to_ldm(pipe) -> dict:
                 n = b + n[len(a):]
         m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", n)
         if m:
-            kind, b, part, l, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+            kind, b, part, layer, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
             if kind == "down":
-                i = (b + 1) * (L + 1) if part == "downsamplers" else 1 + b * (L + 1) + l
+                i = (b + 1) * (L + 1) if part == "downsamplers" else 1 + b * (L + 1) + layer
                 sub = {"resnets": "0", "attentions": "1", "downsamplers": "0"}[part]
                 rest = rest.replace("conv.", "op.") if part == "downsamplers" else rest
             else:
-                i = b * (L + 1) + (L if part == "upsamplers" else l)
+                i = b * (L + 1) + (L if part == "upsamplers" else layer)
                 sub = {"resnets": "0", "attentions": "1", "upsamplers": "2" if b in up_attn else "1"}[part]
             n = f"{'input' if kind == 'down' else 'output'}_blocks.{i}.{sub}.{rest}"
             if part == "resnets":
@@ -170,8 +170,8 @@ def _to_ldm(pipe) -> dict:
                 n = f"{'input' if kind == 'down' else 'output'}_blocks.{i}.0.{res.get(head, head)}.{tail}"
         m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", n)
         if m:
-            part, l, rest = m.groups()
-            i = 1 if part == "attentions" else 2 * int(l)
+            part, layer, rest = m.groups()
+            i = 1 if part == "attentions" else 2 * int(layer)
             if part == "resnets":
                 head, _, tail = rest.partition(".")
                 rest = f"{res.get(head, head)}.{tail}"
