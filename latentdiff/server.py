@@ -56,7 +56,8 @@ endpoints (A1111's /sdapi/v1 API; http://HOST:PORT/openapi.json lists them all):
   GET  /sdapi/v1/samplers | schedulers | sd-models | loras | embeddings | options | progress
   POST /sdapi/v1/options       {"sd_model_checkpoint": NAME} switches the model
   POST /sdapi/v1/png-info | interrupt | refresh-checkpoints | refresh-loras
-  POST /sdapi/v1/img2img       501 until image-to-image lands
+  POST /sdapi/v1/img2img       txt2img's fields + init_images, denoising_strength, mask, mask_blur,
+                               inpainting_mask_invert, inpaint_full_res(_padding)
   GET  /                       the web UI
 
 examples:
@@ -282,6 +283,9 @@ class Txt2ImgPlan:
     eta: float | None
     save: bool
     ignored: dict
+    # img2img: the pipeline's image arguments (image, strength, mask_image, mask_blur, only_masked,
+    # only_masked_padding, keep_unmasked); the size then comes from the image, not width/height
+    init: dict | None = None
 
 
 class Engine:
@@ -343,8 +347,12 @@ class Engine:
         sampler = plan.sampler or a1111.sampler_for(d.sampler)
         steps = d.num_inference_steps if plan.steps is None else plan.steps
         cfg = d.guidance_scale if plan.cfg_scale is None else plan.cfg_scale
-        width = plan.width or pipe.default_size
-        height = plan.height or pipe.default_size
+        if plan.init is None:
+            width = plan.width or pipe.default_size
+            height = plan.height or pipe.default_size
+        else:  # the handler resized the image to the request's size; the pipeline trims it to the VAE factor
+            f = 1 if plan.init.get("only_masked") else pipe.vae_scale_factor  # only_masked pastes back at full size
+            width, height = plan.width - plan.width % f, plan.height - plan.height % f
         if width * height > self.limits.max_pixels:
             raise ServeError(422, f"{width}x{height} = {width * height} pixels exceeds this server's limit of "
                                   f"{self.limits.max_pixels} (--max-pixels)")
@@ -358,7 +366,8 @@ class Engine:
         self._apply_loras(plan.loras)
 
         p = self.progress
-        p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = "txt2img", plan.n_iter, 0, 0, steps
+        p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = \
+            "txt2img" if plan.init is None else "img2img", plan.n_iter, 0, 0, steps
         p.job_timestamp, p.started, p.interrupted, p.denoised = datetime.now().strftime("%Y%m%d%H%M%S"), \
             time.time(), False, None
         self.interrupt.clear()
@@ -369,6 +378,7 @@ class Engine:
                 raise _Interrupted
 
         spacing = kwargs.get("timestep_spacing") or pipe.default_timestep_spacing
+        size = dict(height=height, width=width) if plan.init is None else plan.init
         images, params = [], []
         try:
             for k in range(plan.n_iter):
@@ -376,8 +386,8 @@ class Engine:
                 seeds = [plan.seed + k * plan.batch_size + j for j in range(plan.batch_size)]
                 try:
                     out = pipe(plan.text, plan.negative, num_inference_steps=steps, guidance_scale=cfg,
-                               height=height, width=width, num_images_per_prompt=plan.batch_size, seed=seeds,
-                               eta=eta, callback=callback, **kwargs)
+                               num_images_per_prompt=plan.batch_size, seed=seeds, eta=eta, callback=callback,
+                               **size, **kwargs)
                     images += out.images
                     params += out.parameters
                 except _Interrupted:
@@ -414,6 +424,9 @@ class Engine:
                 "Schedule type": None if plan.scheduler.name == "automatic" else plan.scheduler.label,
                 "CFG scale": r["cfg"], "Seed": prm["seed"], "Size": f"{r['width']}x{r['height']}",
                 "Model hash": entry.short_hash, "Model": entry.name,
+                "Denoising strength": None if plan.init is None else plan.init["strength"],
+                "Mask blur": None if plan.init is None or plan.init.get("mask_image") is None
+                else f"{plan.init['mask_blur']:g}",
                 "Eta DDIM": prm["eta"] if r["sampler"].kwargs["sampler"] == "ddim" else None,
                 "Lora hashes": ", ".join(f"{n}: {_file_hash(path)}" for n, path, _ in plan.loras) or None,
                 "Interrupted": "True" if self.progress.interrupted else None,
@@ -445,7 +458,8 @@ class Engine:
             "scheduler": plan.scheduler.name, "cfg_scale": r["cfg"], "steps": r["steps"], "eta": r["eta"],
             "batch_size": plan.batch_size, "n_iter": plan.n_iter, "restore_faces": False,
             "sd_model_name": entry.name, "sd_model_hash": entry.short_hash,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": None if plan.init is None else plan.init["strength"],
             "extra_generation_params": {"Lora weights": {name: w for name, _, w in plan.loras}} if plan.loras else {},
             "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
             "job_timestamp": self.progress.job_timestamp, "clip_skip": 1,
@@ -508,6 +522,12 @@ NEUTRAL = {
     "sampler_index": None,  # deprecated alias of sampler_name: used only when sampler_name is absent
     "subseed": None,  # meaningless while subseed_strength is 0
 }
+# A1111 img2img fields we do not implement (beyond txt2img's), with the values that mean "off"
+IMG2IMG_NEUTRAL = {
+    **NEUTRAL, "image_cfg_scale": None,  # instruct-pix2pix models only
+    "initial_noise_multiplier": (1, None), "include_init_images": (False, None), "mask_round": (True, None),
+    "latent_mask": (None, ""),
+}
 # only meaningful with enable_hr (which is reported itself when true)
 HIRES_FIELDS = ("denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
                 "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
@@ -515,15 +535,15 @@ HIRES_FIELDS = ("denoising_strength", "firstphase_width", "firstphase_height", "
                 "hr_additional_modules")
 
 
-def ignored_fields(extra: dict) -> dict:
+def ignored_fields(extra: dict, neutral: dict = NEUTRAL) -> dict:
     out = {}
-    hires = bool(extra.get("enable_hr"))
+    hires = bool(extra.get("enable_hr")) and neutral is NEUTRAL
     for k, v in extra.items():
-        if k in HIRES_FIELDS:
+        if k in HIRES_FIELDS and neutral is NEUTRAL:
             if hires:
                 out[k] = v
-        elif k in NEUTRAL:
-            if NEUTRAL[k] is not None and v not in NEUTRAL[k]:
+        elif k in neutral:
+            if neutral[k] is not None and v not in neutral[k]:
                 out[k] = v
         else:
             out[k] = v
@@ -676,6 +696,20 @@ def create_app(config: ServeConfig):
         save_images: bool = False
         do_not_save_samples: bool = False
 
+    class Img2ImgRequest(Txt2ImgRequest):
+        """A1111's StableDiffusionImg2ImgProcessingAPI: txt2img's fields plus the image ones (A1111's
+        defaults); width/height default to the first init image's size."""
+
+        init_images: list[str] | None = None
+        denoising_strength: float = 0.75
+        mask: str | None = None
+        mask_blur: float = 4
+        inpainting_mask_invert: int = 0
+        inpaint_full_res: bool = True
+        inpaint_full_res_padding: int = 0
+        inpainting_fill: int = 0
+        resize_mode: int = 0
+
     class PngInfoRequest(BaseModel):
         model_config = ConfigDict(extra="allow", strict=True)
         image: str
@@ -732,8 +766,8 @@ def create_app(config: ServeConfig):
 
     # ---------------------------------------------------------------- generation
 
-    @app.post("/sdapi/v1/txt2img")
-    async def txt2img(req: Txt2ImgRequest):
+    def make_plan(req: Txt2ImgRequest, neutral: dict = NEUTRAL, **init) -> Txt2ImgPlan:
+        """Everything txt2img and img2img share, checked before anything is queued."""
         try:
             name = req.sampler_name or req.sampler_index
             sampler = a1111.find_sampler(name) if name else None
@@ -760,7 +794,7 @@ def create_app(config: ServeConfig):
         for n, w in tags.loras:
             if not math.isfinite(w):
                 raise ServeError(422, f"LoRA {n!r}: weight must be finite, got {w}")
-        ignored = ignored_fields(req.model_extra or {})
+        ignored = ignored_fields(req.model_extra or {}, neutral)
         if req.sampler_name is None and req.sampler_index is not None:
             ignored.pop("sampler_index", None)
         if tags.ignored:
@@ -769,17 +803,68 @@ def create_app(config: ServeConfig):
         if req.save_images and config.outputs is None:
             ignored["save_images"] = "no --outputs folder is configured"
         seed = req.seed if req.seed != -1 else random.randrange(2**32 - 1)
-        plan = Txt2ImgPlan(req.prompt, tags.prompt, req.negative_prompt, loras, sampler, scheduler, req.steps,
-                           req.cfg_scale, req.width, req.height, req.batch_size, req.n_iter, seed, req.eta,
-                           save, ignored)
+        return Txt2ImgPlan(req.prompt, tags.prompt, req.negative_prompt, loras, sampler, scheduler, req.steps,
+                           req.cfg_scale, init.get("width", req.width), init.get("height", req.height),
+                           req.batch_size, req.n_iter, seed, req.eta, save, ignored, init.get("init"))
+
+    async def generate(req: Txt2ImgRequest, plan: Txt2ImgPlan, parameters: dict) -> dict:
         result = await run(lambda: engine.txt2img(plan))
         images = [base64.b64encode(b).decode() for b in result["pngs"]] if req.send_images else []
-        return {"images": images, "parameters": req.model_dump(), "info": json.dumps(result["info"])}
+        return {"images": images, "parameters": parameters, "info": json.dumps(result["info"])}
+
+    @app.post("/sdapi/v1/txt2img")
+    async def txt2img(req: Txt2ImgRequest):
+        return await generate(req, make_plan(req), req.model_dump())
 
     @app.post("/sdapi/v1/img2img")
-    async def img2img():
-        raise ServeError(501, "img2img is not available yet: latentdiff has no image-to-image pipeline; "
-                              "use /sdapi/v1/txt2img")
+    async def img2img(req: Img2ImgRequest):
+        from PIL import Image, ImageOps
+
+        if not req.init_images:
+            raise ServeError(422, "init_images must hold at least one base64-encoded image (the picture to start from)")
+        if not (math.isfinite(req.denoising_strength) and 0 <= req.denoising_strength <= 1):
+            raise ServeError(422, f"denoising_strength must be a number in [0, 1] (0 = keep the image, "
+                                  f"1 = ignore it), got {req.denoising_strength}")
+        if not (math.isfinite(req.mask_blur) and req.mask_blur >= 0):
+            raise ServeError(422, f"mask_blur must be a finite number of pixels >= 0, got {req.mask_blur}")
+        _int_range("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, limits.max_pixels)
+        _int_range("inpainting_mask_invert", req.inpainting_mask_invert, 0, 1)
+        extra_ignored = {}
+        if len(req.init_images) > 1:
+            extra_ignored["init_images"] = f"{len(req.init_images)} images sent; only the first is used"
+        image = decode_base64_image(req.init_images[0], "init_images[0]").convert("RGB")
+        mask = None
+        if req.mask is not None:
+            mask = decode_base64_image(req.mask, "mask")
+            if mask.size != image.size:
+                raise ServeError(422, f"mask is {mask.width}x{mask.height} px but init_images[0] is "
+                                      f"{image.width}x{image.height}; they must have the same size")
+            mask = mask.convert("L")
+            if req.inpainting_mask_invert:
+                mask = ImageOps.invert(mask)
+        width, height = req.width or image.width, req.height or image.height
+        if width * height > limits.max_pixels:
+            raise ServeError(422, f"{width}x{height} = {width * height} pixels exceeds this server's limit of "
+                                  f"{limits.max_pixels} (--max-pixels)")
+        if (width, height) != image.size:  # resize_mode 0, "just resize" (A1111's LANCZOS)
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+            mask = mask.resize((width, height), Image.Resampling.LANCZOS) if mask is not None else None
+        if req.resize_mode != 0:
+            extra_ignored["resize_mode"] = req.resize_mode  # only 0 (just resize) is implemented
+        init = {"image": image, "strength": req.denoising_strength}
+        if mask is not None:
+            if req.inpainting_fill != 1:  # latent blending always starts from the original's latents
+                extra_ignored["inpainting_fill"] = req.inpainting_fill
+            f = engine.pipe.vae_scale_factor
+            init.update(mask_image=mask, mask_blur=float(req.mask_blur), only_masked=req.inpaint_full_res,
+                        only_masked_padding=req.inpaint_full_res_padding,
+                        # A1111 pastes the unmasked area back (its overlay); exact when no resize is needed
+                        keep_unmasked=not req.inpaint_full_res and width % f == 0 and height % f == 0)
+        plan = make_plan(req, IMG2IMG_NEUTRAL, init=init, width=width, height=height)
+        plan.ignored.update(extra_ignored)
+        parameters = req.model_dump()
+        parameters["init_images"], parameters["mask"] = None, None  # as A1111 without include_init_images
+        return await generate(req, plan, parameters)
 
     # ---------------------------------------------------------------- listings
 

@@ -145,6 +145,65 @@ def test_lora_tag_equals_load_lora(server, reference, dirs):
     assert text.startswith(f"{PROMPT} <lora:shiny:0.7>\n") and "Lora hashes: " in text
 
 
+def _init_image() -> Image.Image:
+    """A 32x32 picture with structure (so a wrong strength or a wrong mask shows in the pixels)."""
+    y, x = np.mgrid[0:32, 0:32]
+    a = np.stack([x * 8, y * 8, ((x // 8 + y // 8) % 2) * 255], -1).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def test_webuiapi_img2img_equals_the_pipeline(server, reference):
+    init = _init_image()
+    r = server.api().img2img(images=[init], prompt=PROMPT, negative_prompt=NEGATIVE, denoising_strength=0.6,
+                             sampler_name="DPM++ 2M", steps=4, cfg_scale=4.0, seed=5, **SIZE)
+    want = reference(PROMPT, NEGATIVE, image=init, strength=0.6, sampler="dpmpp_2m", num_inference_steps=4,
+                     guidance_scale=4.0, seed=5).images
+    np.testing.assert_array_equal(pixels(r.images), pixels(want))
+    assert r.info["denoising_strength"] == 0.6 and (r.info["width"], r.info["height"]) == (32, 32)
+    assert "Denoising strength: 0.6" in r.info["infotexts"][0]
+    # the strength mattered
+    other = reference(PROMPT, NEGATIVE, image=init, strength=0.9, sampler="dpmpp_2m", num_inference_steps=4,
+                      guidance_scale=4.0, seed=5).images
+    assert not np.array_equal(pixels(r.images), pixels(other))
+    # width/height resize the init image (resize_mode 0, "just resize"), like A1111
+    r = server.api().img2img(images=[init], prompt=PROMPT, denoising_strength=0.5, steps=2, seed=5,
+                             width=40, height=24)
+    assert r.image.size == (40, 24) and r.info["ignored"].get("resize_mode") is None
+
+
+def test_webuiapi_inpainting_keeps_the_unmasked_pixels(server, reference):
+    init = _init_image()
+    m = np.zeros((32, 32), np.uint8)
+    m[8:24, 4:20] = 255
+    mask = Image.fromarray(m)
+    r = server.api().img2img(images=[init], mask_image=mask, prompt=PROMPT, denoising_strength=1.0,
+                             inpaint_full_res=False, mask_blur=0, inpainting_fill=1, sampler_name="DPM++ 2M",
+                             steps=3, cfg_scale=4.0, seed=2, **SIZE)
+    want = reference(PROMPT, image=init, strength=1.0, mask_image=mask, keep_unmasked=True, sampler="dpmpp_2m",
+                     num_inference_steps=3, guidance_scale=4.0, seed=2).images
+    got = pixels(r.images)[0]
+    np.testing.assert_array_equal(got, pixels(want)[0])
+    np.testing.assert_array_equal(got[m == 0], np.asarray(init)[m == 0])
+    assert not np.array_equal(got[m == 255], np.asarray(init)[m == 255])
+    assert r.info["ignored"] == {} or "inpainting_fill" not in r.info["ignored"]
+    # inpaint_full_res (only_masked) and an inverted mask go through too; fill modes are reported
+    r2 = server.post("img2img", json={"init_images": [_b64(init)], "mask": _b64(mask), "prompt": PROMPT,
+                                      "inpainting_mask_invert": 1, "inpainting_fill": 0, "resize_mode": 2, "mask_blur": 0,
+                                      "steps": 2, "seed": 2})
+    assert r2.status_code == 200, r2.text
+    info = info_of(r2)
+    assert info["ignored"]["inpainting_fill"] == 0 and info["ignored"]["resize_mode"] == 2
+    got2 = np.asarray(Image.open(io.BytesIO(base64.b64decode(r2.json()["images"][0]))).convert("RGB"))
+    assert got2.shape == (32, 32, 3)
+    np.testing.assert_array_equal(got2[m == 255], np.asarray(init)[m == 255])  # inverted: this part is kept
+
+
+def _b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_options_round_trip_switches_the_model(server, dirs):
     from latentdiff.pipelines import TextToImagePipeline
 
@@ -242,6 +301,12 @@ def test_listings(server, dirs):
 # Bad input: a 4xx with a one-line message, and the server keeps serving
 # ----------------------------------------------------------------------------------------------
 
+def _b64_png(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()  # data-URL prefix allowed
+
+
 BAD = [
     ("txt2img", b"{not json", 400, "request body is not valid JSON"),
     ("txt2img", {"steps": "ten"}, 422, "steps: Input should be a valid integer (got 'ten')"),
@@ -263,7 +328,17 @@ BAD = [
     ("png-info", {"image": base64.b64encode(b"plain text").decode()}, 422, "is not an image PIL can read"),
     ("png-info", {}, 422, "image: Field required"),
     ("options", {"sd_model_checkpoint": 5}, 422, "sd_model_checkpoint must be a model title string"),
-    ("img2img", {"init_images": []}, 501, "img2img is not available yet"),
+    ("img2img", {"init_images": []}, 422, "init_images must hold at least one base64-encoded image"),
+    ("img2img", {"prompt": PROMPT}, 422, "init_images must hold at least one"),
+    ("img2img", {"init_images": ["not base64 at all!"]}, 422, "init_images[0] is not valid base64"),
+    ("img2img", {"init_images": [base64.b64encode(b"plain text").decode()]}, 422,
+     "init_images[0] decodes from base64 but is not an image"),
+    ("img2img", {"init_images": [_b64_png(32, 32)], "mask": _b64_png(16, 32)}, 422,
+     "mask is 16x32 px but init_images[0] is 32x32; they must have the same size"),
+    ("img2img", {"init_images": [_b64_png(32, 32)], "denoising_strength": 1.5}, 422,
+     "denoising_strength must be a number in [0, 1]"),
+    ("img2img", {"init_images": [_b64_png(32, 32)], "denoising_strength": -0.1}, 422,
+     "denoising_strength must be a number in [0, 1]"),
 ]
 
 
