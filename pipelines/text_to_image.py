@@ -49,7 +49,6 @@ from latentdiff.io import (
     check_safetensors_file,
     check_weights,
     read_json,
-    replace_shared,
     resolve_device,
     resolve_model_dir,
 )
@@ -341,16 +340,15 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         return encode_prompts(self.text_encoder, self.tokenizer, texts,
                               normalization=normalization or self.prompt_normalization, min_chunks=min_chunks)
 
-    def _conditioning(self, prompts: Sequence[str], levels, normalization: str | None, min_chunks: int = 1):
-        """Embeddings for ``prompts`` over the sampler's ``levels``: a tensor, or a
+    def _conditioning(self, prompts: Sequence[str], levels, normalization: str | None, chunks: int):
+        """Embeddings for ``prompts`` over the sampler's ``levels``, each padded to ``chunks`` chunks
+        (:meth:`chunks_needed` of everything that must share a shape): a tensor, or a
         :class:`ScheduledConditioning` when a prompt edits or alternates text between steps."""
-        from latentdiff.prompts import num_chunks, prompt_schedule
+        from latentdiff.prompts import prompt_schedule
 
         steps = max(num_steps(levels), 1)
         schedules = [prompt_schedule(p, steps) for p in prompts]
-        texts = {t for sch in schedules for _, t in sch}
-        k = max(min_chunks, *(num_chunks(self.tokenizer, self.maybe_convert_prompt(t, self.tokenizer))
-                              for t in texts))
+        k = chunks
         if all(len(sch) == 1 for sch in schedules):
             return self.encode_prompt([sch[0][1] for sch in schedules], normalization, k)
         ends = sorted({end for sch in schedules for end, _ in sch})
@@ -702,7 +700,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                 if negative_prompt_embeds is not None:
                     uncond = negative_prompt_embeds.to(cond).repeat_interleave(num_images_per_prompt, 0)
                 elif guidance_scale != 1.0:
-                    uncond = self._conditioning(negatives, timesteps, prompt_normalization, -(-length // 77))
+                    uncond = self._conditioning(negatives, timesteps, prompt_normalization,
+                                            max(-(-length // 77), self.chunks_needed(negatives, timesteps)))
                 else:
                     uncond = None
                 if uncond is not None and tuple(uncond.shape) != tuple(cond.shape):
@@ -876,7 +875,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     def save_textual_inversion(self, token: str, path: str | os.PathLike, layout: str = "diffusers") -> Path:
         """Write the vectors of ``token`` (and ``token_1``, …) as diffusers' {token: (n, D)} or A1111's
         {"emb_params": (n, D)} safetensors file, atomically."""
-        from safetensors.torch import save_file
+        from latentdiff.lora import _save_safetensors_atomic
 
         vocab = self.tokenizer.get_vocab()
         if token not in vocab:
@@ -889,10 +888,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             raise ValueError(f"layout must be diffusers or a1111; got {layout!r}")
         state = {token: vectors} if layout == "diffusers" else {"emb_params": vectors}
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(state, str(tmp), metadata={"format": "pt", "token": token, "layout": layout})
-        replace_shared(tmp, path)
+        _save_safetensors_atomic(state, path, {"format": "pt", "token": token, "layout": layout})
         return path
 
     # ------------------------------------------------------------------ the steps' helpers
