@@ -31,19 +31,32 @@ from pathlib import Path
 import requests
 
 
-def overhead(model: str, repeats: int, steps: int) -> dict:
+def _serve(app):
+    """Run ``app`` on a free loopback port in a thread; (txt2img URL, stop function)."""
     import uvicorn
 
-    from latentdiff.server import ServeConfig, bind, create_app
+    from latentdiff.server import bind
 
-    app = create_app(ServeConfig(model=model))
     sock = bind("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1/txt2img"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1/txt2img", stop
+
+
+def overhead(model: str, repeats: int, steps: int) -> dict:
+
+    from latentdiff.server import ServeConfig, create_app
+
+    app = create_app(ServeConfig(model=model))
+    url, stop = _serve(app)
     pipe = app.state.engine.pipe
     inside: list[float] = []  # time inside pipe() of each API request, measured on the worker
 
@@ -81,8 +94,7 @@ def overhead(model: str, repeats: int, steps: int) -> dict:
             t0 = time.perf_counter()
             fn(i)
             times.append(time.perf_counter() - t0)
-    server.should_exit = True
-    thread.join(timeout=30)
+    stop()
     app.state.worker.stop()
     api_s, direct_s = statistics.median(t_api), statistics.median(t_direct)
     # paired: what one request costs beyond its own pipeline call (immune to load changing between runs)
@@ -105,19 +117,11 @@ def load(model: str, clients: int, per_client: int, steps: int, queue_size: int)
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    import uvicorn
-
-    from latentdiff.server import Limits, ServeConfig, bind, create_app
+    from latentdiff.server import Limits, ServeConfig, create_app
 
     outputs = tempfile.TemporaryDirectory()
     app = create_app(ServeConfig(model=model, outputs=Path(outputs.name), limits=Limits(queue_size=queue_size)))
-    sock = bind("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1/txt2img"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    url, stop = _serve(app)
     requests.post(url, json={"prompt": "warm-up", "steps": 1}, timeout=300).raise_for_status()
     rss0 = _rss()
 
@@ -133,8 +137,7 @@ def load(model: str, clients: int, per_client: int, steps: int, queue_size: int)
         codes = [c for cs in pool.map(client, range(clients)) for c in cs]
     wall = time.perf_counter() - t0
     saved = len(list(Path(outputs.name).glob("*.png")))
-    server.should_exit = True
-    thread.join(timeout=30)
+    stop()
     app.state.worker.stop()
     outputs.cleanup()
     return {"requests": len(codes), "images": codes.count(200), "busy_503": codes.count(503),
