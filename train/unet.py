@@ -26,50 +26,34 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latentdiff.config import load_config, save_config
-from latentdiff.diffusion import min_snr_weights, q_sample, sample_noise, training_target
+from latentdiff.config import load_config
+from latentdiff.diffusion import min_snr_weights, q_sample, sample_noise, snr, training_target
 from latentdiff.images import make_grid, save_png_atomic
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig
 
+from . import loop
 from .common import (
-    CONFIG_FILE,
     DataConfig,
     Device,
     EMAConfig,
     ImageData,
     MixedPrecision,
     OptimConfig,
-    StepSampler,
-    Timer,
-    begin_run,
     cache_key,
-    check_finite,
     check_loop_settings,
     check_model_source,
     ema_copy,
     hash_module,
-    load_checkpoint,
     load_image_data,
     load_tensors,
     load_validation_data,
-    local_slice,
-    make_accelerator,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
     run_main,
-    save_checkpoint,
     save_tensors_atomic,
-    seed_everything,
-    set_cpu_threads,
-    start_run,
-    step_generator,
     to_pixels,
-    write_summary,
 )
+from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train")
 CACHE_VERSION = 1
@@ -93,7 +77,11 @@ class UNetTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-4, lr_warmup_steps=500))
     ema: EMAConfig = field(default_factory=lambda: EMAConfig(decay=0.999))
     prediction_type: Literal["", "epsilon", "v_prediction"] = ""  # "" = the model's scheduler config
+    zero_terminal_snr: bool = False  # Lin et al. 2024: rescaled betas (ᾱ_{T-1} = 0), trailing spacing; needs v_prediction
     min_snr_gamma: float = 5.0       # 0 = unweighted L_simple
+    debiased_estimation: bool = False  # sd-scripts: weight 1/√SNR (ε) or 1/(SNR+1) (v), SNR capped at 1000
+    loss_type: Literal["l2", "huber"] = "l2"  # huber: pseudo-Huber √(d² + c²) − c
+    huber_c: float = 0.1
     offset_noise: float = 0.0        # e.g. 0.05-0.1 (Guttenberg 2023)
     cache: bool = True               # cache latents and text embeddings (needs frozen VAE and text encoder)
     cache_dir: str = ""              # "" = output_dir/cache
@@ -116,6 +104,11 @@ class UNetTrainConfig:
                              "a pipeline folder, or 'random' (an untrained VAE, for tests only)")
         if self.min_snr_gamma < 0 or self.offset_noise < 0:
             raise ValueError("min_snr_gamma and offset_noise must be >= 0 (0 = off)")
+        if self.huber_c <= 0:
+            raise ValueError(f"huber_c must be > 0, got {self.huber_c}")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr: true needs prediction_type: v_prediction (at zero SNR the noise is "
+                             "the whole input, so an ε-prediction says nothing about the image; Lin et al. 2024)")
         if self.validation_steps and not self.validation_prompts:
             raise ValueError("validation_steps > 0 needs validation_prompts")
 
@@ -206,6 +199,10 @@ def build_components(cfg: UNetTrainConfig) -> Components:
         unet = mc.unet.build(resolution // factor, vae.config.latent_channels, te.config.hidden_size)
     if cfg.prediction_type:
         sched = dataclasses.replace(sched, prediction_type=cfg.prediction_type)
+    if cfg.zero_terminal_snr:  # written into the exported scheduler config, so diffusers samples it the same way
+        sched = dataclasses.replace(sched, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        if defaults.timestep_spacing not in ("", "trailing"):
+            defaults = dataclasses.replace(defaults, timestep_spacing="trailing")
     if unet.config.cross_attention_dim != te.config.hidden_size:
         raise ValueError(f"the U-Net's cross_attention_dim {unet.config.cross_attention_dim} does not match the text "
                          f"encoder's hidden_size {te.config.hidden_size}")
@@ -321,33 +318,82 @@ def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accel
 # ----------------------------------------------------------------------------------------------
 
 
-def batch_inputs(enc: EncodedData, vae, text_encoder, idx: torch.Tensor, flip: torch.Tensor, drop: torch.Tensor,
-                 posterior_noise: torch.Tensor, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, text embeddings) for samples ``idx``: z = scaling_factor·(μ + σ·n), a fresh posterior
-    sample; captions dropped to "" where ``drop``. Cached: pure tensor indexing."""
-    caption = torch.where(drop, enc.uncond_index, enc.caption_index[idx])     # (B,) rows of the caption table
+def batch_latents(enc: EncodedData, vae, idx: torch.Tensor, flip: torch.Tensor, posterior_noise: torch.Tensor,
+                  scaling_factor: float) -> torch.Tensor:
+    """z = scaling_factor·(μ + σ·n) for samples ``idx``: a fresh posterior sample (cached: indexing)."""
     if enc.mean is not None:
         f = flip.long()
         mean, std = enc.mean[f, idx], enc.std[f, idx]                          # (B, C, h, w)
-        emb = enc.text_embeddings[caption]                                     # (B, L, D)
     else:
         with torch.no_grad():
             dist = vae.encode(to_pixels(enc.images[idx], flip)).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
-        emb = text_encoder(enc.token_ids[caption])[0]
-    return (mean + std * posterior_noise) * scaling_factor, emb
+    return (mean + std * posterior_noise) * scaling_factor
 
 
-def diffusion_loss(unet, z0: torch.Tensor, emb: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                   alphas_cumprod: torch.Tensor, prediction_type: str, min_snr_gamma: float) -> torch.Tensor:
-    """Min-SNR-γ-weighted MSE between the U-Net output and the eps/v target (scalar)."""
+def caption_rows(enc: EncodedData, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """(B,) rows of the caption table for samples ``idx``; "" where ``drop``."""
+    return torch.where(drop, enc.uncond_index, enc.caption_index[idx])
+
+
+def batch_inputs(enc: EncodedData, vae, text_encoder, idx: torch.Tensor, flip: torch.Tensor, drop: torch.Tensor,
+                 posterior_noise: torch.Tensor, scaling_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, text embeddings) for samples ``idx``: z = scaling_factor·(μ + σ·n), a fresh posterior
+    sample; captions dropped to "" where ``drop``. Cached: pure tensor indexing."""
+    z = batch_latents(enc, vae, idx, flip, posterior_noise, scaling_factor)
+    rows = caption_rows(enc, idx, drop)
+    emb = enc.text_embeddings[rows] if enc.text_embeddings is not None else text_encoder(enc.token_ids[rows])[0]
+    return z, emb
+
+
+def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str, min_snr_gamma: float,
+                 debiased: bool) -> torch.Tensor | None:
+    """Per-sample weights (B,) of the MSE: min-SNR-γ (Hang et al. 2023; diffusers' examples) and/or
+    sd-scripts' debiased estimation (1/√SNR for ε, 1/(SNR+1) for v, SNR capped at 1000); None = 1."""
+    w = None
+    if min_snr_gamma > 0:
+        w = min_snr_weights(t, alphas_cumprod, min_snr_gamma, prediction_type)
+    if debiased:
+        s = snr(alphas_cumprod, t).clamp(max=1000.0)
+        d = (1.0 / (s + 1) if prediction_type == "v_prediction" else s.rsqrt()).float()
+        w = d if w is None else w * d
+    return w
+
+
+def diffusion_loss(unet, z0: torch.Tensor, emb: torch.Tensor | None, t: torch.Tensor, eps: torch.Tensor,
+                   alphas_cumprod: torch.Tensor, prediction_type: str, min_snr_gamma: float, *,
+                   loss_type: str = "l2", huber_c: float = 0.1, debiased: bool = False,
+                   token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted distance between the U-Net output and the eps/v target (scalar): the MSE (L_simple),
+    or the pseudo-Huber loss √((ε̂−ε)² + c²) − c (as in diffusers' LCM example; robust to outliers).
+    ``unet`` may be a :class:`DenoiserStep` that encodes ``token_ids`` itself (a trained text encoder)."""
     x_t = q_sample(z0, t, eps, alphas_cumprod)
     target = training_target(z0, eps, t, alphas_cumprod, prediction_type)
-    pred = unet(x_t, t, encoder_hidden_states=emb).sample
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
-    if min_snr_gamma > 0:
-        per_sample = per_sample * min_snr_weights(t, alphas_cumprod, min_snr_gamma, prediction_type)
-    return per_sample.mean()
+    cond = {"token_ids": token_ids} if token_ids is not None else {}
+    pred = unet(x_t, t, encoder_hidden_states=emb, **cond).sample
+    diff = pred.float() - target.float()
+    if loss_type == "huber":
+        per_elem = torch.sqrt(diff ** 2 + huber_c ** 2) - huber_c
+    else:
+        per_elem = diff ** 2
+    per_sample = per_elem.flatten(1).mean(1)                                    # (B,)
+    w = loss_weights(t, alphas_cumprod, prediction_type, min_snr_gamma, debiased)
+    return (per_sample * w).mean() if w is not None else per_sample.mean()
+
+
+class DenoiserStep(torch.nn.Module):
+    """The module a U-Net step trains: the U-Net, and the text encoder when the captions are encoded
+    every step (a trained or an uncached one). One module, so one DDP wrapper syncs both."""
+
+    def __init__(self, unet, text_encoder=None):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, token_ids=None):
+        if token_ids is not None:
+            encoder_hidden_states = self.text_encoder(token_ids)[0]
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
 @dataclass
@@ -383,209 +429,154 @@ def _latent_shape(vae, images):
 
 @torch.no_grad()
 def heldout_loss(unet, batch: HeldOutBatch, alphas_cumprod, prediction_type: str, min_snr_gamma: float,
-                 batch_size: int = 256) -> float:
+                 batch_size: int = 256, **loss_options) -> float:
     """The training loss on the fixed held-out batch (no dropout, no weight updates)."""
     total, n = 0.0, len(batch.t)
     for i in range(0, n, batch_size):
         s = slice(i, i + batch_size)
         loss = diffusion_loss(unet, batch.z0[s], batch.emb[s], batch.t[s], batch.eps[s], alphas_cumprod,
-                              prediction_type, min_snr_gamma)
+                              prediction_type, min_snr_gamma, **loss_options)
         total += float(loss) * len(batch.t[s])
     return total / n
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop
+# The task on the shared loop (train/loop.py)
 # ----------------------------------------------------------------------------------------------
+
+
+class UNetTask(Task):
+    """ε/v-prediction on cached latents and text embeddings; exports a pipeline folder with the EMA U-Net."""
+
+    name = "unet"
+    exports = ("final",)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.comps = build_components(cfg)
+        self.train_data = load_image_data(cfg.data, cfg.data.split, self.comps.resolution)
+        self.val_data = load_validation_data(cfg.data, self.comps.resolution)
+        for d in (self.train_data, self.val_data):
+            if d is not None and d.images.shape[-1] != self.comps.resolution:
+                raise ValueError(f"data resolution {d.images.shape[-1]} differs from the model's {self.comps.resolution}")
+        self.num_samples = len(self.train_data)
+
+    def loss_options(self) -> dict:
+        c = self.cfg
+        return {"loss_type": c.loss_type, "huber_c": c.huber_c, "debiased": c.debiased_estimation}
+
+    def setup(self, run: Run) -> torch.nn.Module:
+        cfg, comps, device = self.cfg, self.comps, run.device
+        sched = comps.scheduler_config
+        self.prediction_type = sched.prediction_type
+        self.alphas_cumprod = sched.alphas_cumprod().to(device)                   # float64 ᾱ_t, on the device
+        self.T = sched.num_train_timesteps
+        self.scaling_factor = float(comps.vae.config.scaling_factor)
+        comps.vae.to(device)
+        comps.text_encoder.to(device)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run.out / "cache"
+        self.enc = prepare_data(self.train_data, comps, cfg, run.accelerator, cache_dir, flips=cfg.data.random_flip)
+        val_enc = (prepare_data(self.val_data, comps, cfg, run.accelerator, cache_dir, flips=False)
+                   if self.val_data is not None else None)
+        self.heldout = (make_heldout_batch(val_enc, self.scaling_factor, self.T, cfg.seed, comps.vae, comps.text_encoder)
+                        if val_enc is not None else None)
+        self.latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
+        logger.info("U-Net on %s: %s, prediction_type=%s%s", device,
+                    "cached latents+embeddings" if self.enc.mean is not None else "encoding every step",
+                    self.prediction_type, ", zero terminal SNR" if sched.rescale_betas_zero_snr else "")
+        if cfg.gradient_checkpointing:
+            comps.unet.enable_gradient_checkpointing()
+        encodes = self.enc.text_embeddings is None
+        return DenoiserStep(comps.unet, comps.text_encoder if encodes else None)
+
+    def ema_target(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.unet
+
+    def start(self, run: Run) -> None:
+        if self.heldout is not None and run.is_main:
+            run.state["heldout_loss_initial"] = self.heldout_value(run.unwrapped().unet)
+            run.log({"val/loss": run.state["heldout_loss_initial"]})
+
+    def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, device, d = len(idx), run.device, self.cfg.data
+        return {
+            "idx": idx,
+            "t": torch.randint(0, self.T, (n,), generator=g, device=device),
+            "eps": sample_noise((n, *self.latent_shape), generator=g, offset_noise=self.cfg.offset_noise, device=device),
+            "post": torch.randn((n, *self.latent_shape), generator=g, device=device),     # posterior sample noise
+            "drop": torch.rand(n, generator=g, device=device) < d.caption_dropout,
+            "flip": torch.rand(n, generator=g, device=device) < (0.5 if d.random_flip else 0.0),
+        }
+
+    def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        z0 = batch_latents(self.enc, self.comps.vae, b["idx"], b["flip"], b["post"], self.scaling_factor)
+        rows = caption_rows(self.enc, b["idx"], b["drop"])
+        if self.enc.text_embeddings is not None:
+            emb, tokens = self.enc.text_embeddings[rows], None
+        else:
+            emb, tokens = None, self.enc.token_ids[rows]
+        return diffusion_loss(model, z0, emb, b["t"], b["eps"], self.alphas_cumprod, self.prediction_type,
+                              self.cfg.min_snr_gamma, token_ids=tokens, **self.loss_options())
+
+    def heldout_value(self, unet) -> float | None:
+        if self.heldout is None:
+            return None
+        return heldout_loss(unet, self.heldout, self.alphas_cumprod, self.prediction_type, self.cfg.min_snr_gamma,
+                            **self.loss_options())
+
+    def pipeline(self, run: Run):
+        """A TextToImagePipeline around copies of the current (EMA) weights; training modules untouched."""
+        from latentdiff.pipelines import TextToImagePipeline
+
+        comps = self.comps
+        te = comps.text_encoder
+        if self.cfg.train_text_encoder:
+            te = ema_copy(run.unwrapped().text_encoder, None)
+        return TextToImagePipeline(run.ema_copy().float(), comps.vae, te, comps.tokenizer, comps.scheduler_config,
+                                   comps.defaults)
+
+    def validate(self, run: Run, step: int) -> None:
+        """Held-out loss (fixed t/eps) and a grid of samples for fixed prompts (columns) and seeds (rows)."""
+        cfg = self.cfg
+        if run.is_main:
+            pipe = self.pipeline(run)
+            value = self.heldout_value(pipe.unet)
+            if value is not None:
+                run.log({"val/loss": value})
+            prompts = [p for _ in cfg.validation_seeds for p in cfg.validation_prompts]
+            seeds = [s for s in cfg.validation_seeds for _ in cfg.validation_prompts]
+            images = pipe(prompts, seed=seeds, num_inference_steps=cfg.validation_num_inference_steps,
+                          guidance_scale=cfg.validation_guidance_scale, sampler=cfg.validation_sampler or None).images
+            grid = make_grid(images, cols=len(cfg.validation_prompts))
+            save_png_atomic(grid, run.out / "validation" / f"step-{step:07d}.png")
+            log_image(run.accelerator, "val/samples", grid, step)
+            logger.info("step %d: held-out loss %s, samples in %s", step, value, run.out / "validation")
+        self.comps.text_encoder.train(cfg.train_text_encoder)
+        run.accelerator.wait_for_everyone()
+
+    def export(self, run: Run) -> dict:
+        """output_dir/final: a pipeline folder with the EMA weights (diffusers layout)."""
+        pipe = self.pipeline(run)
+        final_val = self.heldout_value(pipe.unet)
+        pipe.save_pretrained(run.out / "final", dtype=torch.float16 if self.cfg.export_dtype == "float16" else None)
+        return {"heldout_loss_initial": run.state.get("heldout_loss_initial"), "heldout_loss_final_ema": final_val,
+                "prediction_type": self.prediction_type,
+                "zero_terminal_snr": bool(self.comps.scheduler_config.rescale_betas_zero_snr), "cache_key": self.enc.key}
 
 
 def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Train the U-Net as configured; returns the training summary (also in final/training_summary.json)."""
-    timer = Timer()
-    set_cpu_threads(cfg.cpu_threads)
-    ckpt = start_run(cfg.output_dir, resume, trainer="unet", overwrite=overwrite, exports=("final",), cfg=cfg)
-    out = Path(cfg.output_dir)
-    o = cfg.optim
-
-    # ---- models and data (all user errors surface here, before any step)
-    comps = build_components(cfg)
-    train_data = load_image_data(cfg.data, cfg.data.split, comps.resolution)
-    val_data = load_validation_data(cfg.data, comps.resolution)
-    for d in (train_data, val_data):
-        if d is not None and d.images.shape[-1] != comps.resolution:
-            raise ValueError(f"data resolution {d.images.shape[-1]} differs from the model's {comps.resolution}")
-
-    accelerator = make_accelerator(cfg, out, "latentdiff-unet")
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    if accelerator.is_main_process:
-        begin_run(out, trainer="unet", fresh=ckpt is None, overwrite=overwrite)
-        save_config(cfg, out / CONFIG_FILE)
-    prediction_type = comps.scheduler_config.prediction_type
-    alphas_cumprod = comps.scheduler_config.alphas_cumprod().to(device)         # float64 ᾱ_t, on the device
-    T = comps.scheduler_config.num_train_timesteps
-    scaling_factor = float(comps.vae.config.scaling_factor)
-
-    # ---- cache (or raw tensors) on the device
-    comps.vae.to(device)
-    comps.text_encoder.to(device)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    enc = prepare_data(train_data, comps, cfg, accelerator, cache_dir, flips=cfg.data.random_flip)
-    val_enc = prepare_data(val_data, comps, cfg, accelerator, cache_dir, flips=False) if val_data else None
-    heldout = (make_heldout_batch(val_enc, scaling_factor, T, cfg.seed, comps.vae, comps.text_encoder)
-               if val_enc is not None else None)
-    latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
-    logger.info("U-Net training on %s: %d images, %d processes, %s, prediction_type=%s", device, len(train_data),
-                accelerator.num_processes, "cached latents+embeddings" if enc.mean is not None else "encoding every step",
-                prediction_type)
-
-    # ---- optimizer, schedule, EMA, Accelerate
-    unet, text_encoder = comps.unet, comps.text_encoder
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
-    optimizer = make_optimizer(params, o)
-    lr_scheduler = make_lr_scheduler(optimizer, o)
-    if cfg.train_text_encoder:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-    else:
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema = make_ema(accelerator.unwrap_model(unet), cfg.ema)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
-    sampler = StepSampler(len(train_data), global_batch, cfg.seed, device)
-
-    # ---- resume
-    step, earlier_wall_time, initial_val = 0, 0.0, None
-    if ckpt is not None:
-        state = load_checkpoint(accelerator, ckpt)
-        step, earlier_wall_time, initial_val = state["step"], state.get("wall_time_s", 0.0), state.get("heldout_loss_initial")
-        if ema is not None:
-            ema.to(device)
-        logger.info("resumed from %s at step %d", ckpt, step)
-    if heldout is not None and accelerator.is_main_process and step == 0:
-        initial_val = heldout_loss(accelerator.unwrap_model(unet), heldout, alphas_cumprod, prediction_type,
-                                   cfg.min_snr_gamma)
-        accelerator.log({"val/loss": initial_val}, step=0)
-
-    # ---- the loop
-    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
-               desc="train unet", dynamic_ncols=True)
-    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
-    grad_norm = torch.zeros((), device=device)  # of the summed (accumulated, all-reduced) gradient, before clipping
-    while step < o.max_train_steps:
-        # randomness of the whole global batch for this step, identical on every process
-        g = step_generator(cfg.seed, step, device)
-        idx = sampler.indices(step)                                                   # (G,)
-        t = torch.randint(0, T, (global_batch,), generator=g, device=device)          # (G,)
-        eps = sample_noise((global_batch, *latent_shape), generator=g, offset_noise=cfg.offset_noise, device=device)
-        post = torch.randn((global_batch, *latent_shape), generator=g, device=device)  # posterior sample noise
-        drop = torch.rand(global_batch, generator=g, device=device) < cfg.data.caption_dropout
-        flip = torch.rand(global_batch, generator=g, device=device) < (0.5 if cfg.data.random_flip else 0.0)
-        unet.train()
-        for micro in range(o.gradient_accumulation_steps):
-            sl = local_slice(micro, accelerator, o.batch_size)
-            with accelerator.accumulate(unet):
-                z0, emb = batch_inputs(enc, comps.vae, text_encoder, idx[sl], flip[sl], drop[sl], post[sl],
-                                       scaling_factor)                              # (B, C, h, w), (B, L, D)
-                loss = diffusion_loss(unet, z0, emb, t[sl], eps[sl], alphas_cumprod, prediction_type,
-                                      cfg.min_snr_gamma)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:  # (an infinite max norm only measures)
-                    grad_norm = accelerator.clip_grad_norm_(params, o.max_grad_norm or float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach() / o.gradient_accumulation_steps
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        step += 1
-        running_n += 1
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == o.max_train_steps:
-            last_loss = float(accelerator.reduce(running, "mean")) / running_n    # the only regular host sync
-            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
-            running.zero_()
-            running_n = 0
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
-                             "train/grad_norm": float(grad_norm)}, step=step)
-        if cfg.validation_steps and step % cfg.validation_steps == 0:
-            validate(cfg, accelerator, comps, unet, text_encoder, ema, heldout, alphas_cumprod, out, step)
-        if cfg.checkpointing_steps and (step % cfg.checkpointing_steps == 0 or step == o.max_train_steps):
-            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "grad_norm": float(grad_norm),
-                                                          "epoch": sampler.epoch(step),
-                                                          "wall_time_s": earlier_wall_time + timer.elapsed(),
-                                                          "heldout_loss_initial": initial_val},
-                            cfg.checkpoints_total_limit)
-    bar.close()
-
-    # ---- final export: a pipeline folder with the EMA weights
-    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
-    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet)})
-    summary = {}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipe = export_pipeline(accelerator, comps, unet, text_encoder, ema, cfg)
-        final_val = (heldout_loss(pipe.unet, heldout, alphas_cumprod, prediction_type, cfg.min_snr_gamma)
-                     if heldout is not None else None)
-        dtype = torch.float16 if cfg.export_dtype == "float16" else None
-        pipe.save_pretrained(out / "final", dtype=dtype)
-        summary = {"trainer": "unet", "steps": step, "wall_time_s": round(earlier_wall_time + timer.elapsed(), 1), "final_loss": last_loss,
-                   "heldout_loss_initial": initial_val, "heldout_loss_final_ema": final_val,
-                   "global_batch": global_batch, "processes": accelerator.num_processes, "device": str(device),
-                   "cache_key": enc.key, "config_path": config_path, "output": str(out / "final")}
-        save_config(cfg, out / "final" / "training_config.yaml")
-        write_summary(out / "final" / "training_summary.json", summary)
-        logger.info("pipeline saved to %s (held-out loss %s -> %s)", out / "final", initial_val, final_val)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return loop.train(UNetTask(cfg), resume=resume, config_path=config_path, overwrite=overwrite)
 
 
-def export_pipeline(accelerator, comps: Components, unet, text_encoder, ema, cfg: UNetTrainConfig):
-    """A TextToImagePipeline around copies of the current (EMA) weights; training modules untouched."""
-    from latentdiff.pipelines import TextToImagePipeline
+def log_image(accelerator, tag: str, image, step: int) -> None:
+    """A PIL image into TensorBoard, when that tracker is on (the PNG on disk is the record)."""
+    import numpy as np
 
-    unet_eval = ema_copy(accelerator.unwrap_model(unet), ema).float()
-    te = accelerator.unwrap_model(text_encoder)
-    if cfg.train_text_encoder:
-        te = ema_copy(te, None)
-    return TextToImagePipeline(unet_eval, comps.vae, te, comps.tokenizer, comps.scheduler_config, comps.defaults)
-
-
-def validate(cfg: UNetTrainConfig, accelerator, comps: Components, unet, text_encoder, ema, heldout,
-             alphas_cumprod, out: Path, step: int) -> float | None:
-    """Held-out loss (fixed t/eps) and a grid of samples for fixed prompts (columns) and seeds (rows)."""
-    value = None
-    if accelerator.is_main_process:
-        pipe = export_pipeline(accelerator, comps, unet, text_encoder, ema, cfg)
-        if heldout is not None:
-            value = heldout_loss(pipe.unet, heldout, alphas_cumprod, comps.scheduler_config.prediction_type,
-                                 cfg.min_snr_gamma)
-            accelerator.log({"val/loss": value}, step=step)
-        prompts = [p for _ in cfg.validation_seeds for p in cfg.validation_prompts]
-        seeds = [s for s in cfg.validation_seeds for _ in cfg.validation_prompts]
-        images = pipe(prompts, seed=seeds, num_inference_steps=cfg.validation_num_inference_steps,
-                      guidance_scale=cfg.validation_guidance_scale, sampler=cfg.validation_sampler or None).images
-        grid = make_grid(images, cols=len(cfg.validation_prompts))
-        save_png_atomic(grid, out / "validation" / f"step-{step:07d}.png")
-        try:
-            import numpy as np
-
-            accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/samples", np.asarray(grid), step,
-                                                                          dataformats="HWC")
-        except Exception as e:  # no tensorboard tracker: the PNG on disk is enough
-            logger.debug("grid not logged to TensorBoard: %s", e)
-        logger.info("step %d: held-out loss %s, samples in %s", step, value, out / "validation")
-    comps.text_encoder.train(cfg.train_text_encoder)
-    accelerator.wait_for_everyone()
-    return value
-
+    try:
+        accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, np.asarray(image), step, dataformats="HWC")
+    except Exception as e:  # no tensorboard tracker
+        logger.debug("image not logged to TensorBoard: %s", e)
 
 EPILOG = """examples:
   # the shipped emoji model (after `latentdiff train vae --config configs/emoji_vae.yaml`)

@@ -24,44 +24,28 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from latentdiff.config import load_config, save_config
+from latentdiff.config import load_config
 from latentdiff.images import make_grid, save_png_atomic
 from latentdiff.models import ModelConfig
 
+from . import loop
 from .common import (
-    CONFIG_FILE,
     DataConfig,
     Device,
     EMAConfig,
     MixedPrecision,
     OptimConfig,
-    StepSampler,
-    Timer,
-    begin_run,
-    check_finite,
     check_loop_settings,
     check_model_source,
-    ema_copy,
-    load_checkpoint,
     load_image_data,
     load_validation_data,
-    local_slice,
-    make_accelerator,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
     psnr,
     run_main,
-    save_checkpoint,
-    seed_everything,
-    set_cpu_threads,
-    start_run,
-    step_generator,
     to_pixels,
-    write_summary,
 )
+from .loop import Run, Task
+from .unet import log_image
 
 logger = logging.getLogger("latentdiff.train")
 
@@ -197,148 +181,118 @@ def heldout_psnr(vae, images_u8: torch.Tensor, batch_size: int, device) -> float
     return float(psnr(rec, images_u8.to(device).float() / 255.0).mean())
 
 
-def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
-    """Train the VAE as configured; returns the training summary."""
-    timer = Timer()
-    set_cpu_threads(cfg.cpu_threads)
-    ckpt = start_run(cfg.output_dir, resume, trainer="vae", overwrite=overwrite, exports=("vae",), cfg=cfg)
-    out = Path(cfg.output_dir)
-    o = cfg.optim
+class VAETask(Task):
+    """L1/L2 + KL [+ PatchGAN] on random crops; exports output_dir/vae with the measured scaling factor."""
 
-    # ---- models, data (all user errors surface here, before any step)
-    vae, model_resolution = build_vae(cfg)
-    resolution = cfg.data.resolution or model_resolution
-    train_data = load_image_data(cfg.data, cfg.data.split, resolution)
-    val_data = load_validation_data(cfg.data, resolution)
-    if cfg.random_crop > resolution:
-        raise ValueError(f"random_crop {cfg.random_crop} exceeds the resolution {resolution}")
+    name = "vae"
+    exports = ("vae",)
 
-    accelerator = make_accelerator(cfg, out, "latentdiff-vae")
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    if accelerator.is_main_process:
-        begin_run(out, trainer="vae", fresh=ckpt is None, overwrite=overwrite)
-        save_config(cfg, out / CONFIG_FILE)
-    logger.info("VAE training on %s: %d training images (%s), %d held-out, %d processes", device, len(train_data),
-                train_data.source, len(val_data) if val_data else 0, accelerator.num_processes)
+    def build(self) -> None:
+        cfg = self.cfg
+        self.vae, model_resolution = build_vae(cfg)
+        self.resolution = cfg.data.resolution or model_resolution
+        self.train_data = load_image_data(cfg.data, cfg.data.split, self.resolution)
+        self.val_data = load_validation_data(cfg.data, self.resolution)
+        if cfg.random_crop > self.resolution:
+            raise ValueError(f"random_crop {cfg.random_crop} exceeds the resolution {self.resolution}")
+        self.num_samples = len(self.train_data)
+        self.disc = self.disc_optimizer = None
+        if cfg.discriminator.enabled:
+            dc = cfg.discriminator
+            self.disc = PatchDiscriminator(3, dc.channels, dc.layers)
+            self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=dc.learning_rate, betas=(0.5, 0.9))
 
-    if cfg.gradient_checkpointing:
-        vae.enable_gradient_checkpointing()
-    model = AutoencoderStep(vae.train())
-    optimizer = make_optimizer(model.parameters(), o)
-    lr_scheduler = make_lr_scheduler(optimizer, o)
-    disc = disc_optimizer = None
-    if cfg.discriminator.enabled:
-        dc = cfg.discriminator
-        disc = PatchDiscriminator(3, dc.channels, dc.layers)
-        disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=dc.learning_rate, betas=(0.5, 0.9))
-        model, optimizer, disc, disc_optimizer = accelerator.prepare(model, optimizer, disc, disc_optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-    ema = make_ema(accelerator.unwrap_model(model).vae, cfg.ema)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
+    def setup(self, run: Run) -> torch.nn.Module:
+        if self.cfg.gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
+        self.images = self.train_data.images.to(run.device)  # uint8 (N, 3, R, R) on the device: a step is indexing
+        self.crop = self.cfg.random_crop or self.resolution
+        self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return AutoencoderStep(self.vae.train())
 
-    images = train_data.images.to(device)  # uint8 (N, 3, R, R) on the device: a step is tensor indexing
-    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
-    sampler = StepSampler(len(train_data), global_batch, cfg.seed, device)
-    latent_channels = vae.config.latent_channels
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    crop = cfg.random_crop or resolution
+    def extra_objects(self) -> list:
+        return [self.disc, self.disc_optimizer] if self.disc is not None else []
 
-    # ---- resume
-    step, earlier_wall_time = 0, 0.0
-    if ckpt is not None:
-        state = load_checkpoint(accelerator, ckpt)
-        step, earlier_wall_time = state["step"], state.get("wall_time_s", 0.0)
-        if ema is not None:
-            ema.to(device)
-        logger.info("resumed from %s at step %d", ckpt, step)
+    def prepared(self, objects: list) -> None:
+        if objects:
+            self.disc, self.disc_optimizer = objects
 
-    # ---- the loop
-    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
-               desc="train vae", dynamic_ncols=True)
-    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
-    while step < o.max_train_steps:
-        # randomness of the whole global batch for this step, identical on every process
-        g = step_generator(cfg.seed, step, device)
-        idx = sampler.indices(step)                                               # (G,)
-        flip = torch.rand(global_batch, generator=g, device=device) < 0.5 if cfg.data.random_flip else None
-        offs = torch.randint(0, resolution - crop + 1, (global_batch, 2), generator=g, device=device)
-        noise = torch.randn((global_batch, latent_channels, crop // factor, crop // factor), generator=g, device=device)
-        model.train()
-        for micro in range(o.gradient_accumulation_steps):
-            sl = local_slice(micro, accelerator, o.batch_size)
-            x = to_pixels(images[idx[sl]], None if flip is None else flip[sl])     # (B, 3, R, R) in [-1, 1]
-            if crop < resolution:
-                x = random_crops(x, offs[sl], crop)
-            with accelerator.accumulate(model):
-                rec, mean, logvar = model(x, noise[sl])
-                rec_loss = F.l1_loss(rec.float(), x) if cfg.reconstruction_loss == "l1" else F.mse_loss(rec.float(), x)
-                loss = rec_loss + cfg.kl_weight * kl_divergence(mean.float(), logvar.float()).mean()
-                use_disc = disc is not None and step >= cfg.discriminator.start_step
-                if use_disc:  # generator's hinge loss through a frozen view of D (no grads into D here)
-                    d = accelerator.unwrap_model(disc)
-                    params = {k: v.detach() for k, v in d.named_parameters()}
-                    loss = loss - cfg.discriminator.weight * torch.func.functional_call(d, params, (rec,)).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if use_disc:
-                with accelerator.accumulate(disc):
-                    logits = disc(torch.cat([x, rec.detach()]))                   # real | reconstructed
-                    real, fake = logits.chunk(2)
-                    d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # hinge (Lim & Ye 2017)
-                    accelerator.backward(d_loss)
-                    disc_optimizer.step()
-                    disc_optimizer.zero_grad(set_to_none=True)
-            running += loss.detach() / o.gradient_accumulation_steps
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(model).vae.parameters())
-        step += 1
-        running_n += 1
-        bar.update(1)
+    def ema_target(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.vae
 
-        if step % cfg.log_every == 0 or step == o.max_train_steps:
-            last_loss = float(accelerator.reduce(running, "mean")) / running_n  # the only host sync
-            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
-            running.zero_()
-            running_n = 0
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
-        if cfg.validation_steps and step % cfg.validation_steps == 0 and val_data is not None:
-            validate(cfg, accelerator, model, ema, val_data, out, step)
-        if cfg.checkpointing_steps and (step % cfg.checkpointing_steps == 0 or step == o.max_train_steps):
-            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "wall_time_s": earlier_wall_time + timer.elapsed()},
-                            cfg.checkpoints_total_limit)
-    bar.close()
+    def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, device, r, c = len(idx), run.device, self.resolution, self.crop
+        return {
+            "idx": idx,
+            "flip": torch.rand(n, generator=g, device=device) < (0.5 if self.cfg.data.random_flip else 0.0),
+            "offsets": torch.randint(0, r - c + 1, (n, 2), generator=g, device=device),
+            "noise": torch.randn((n, self.vae.config.latent_channels, c // self.factor, c // self.factor), generator=g,
+                                 device=device),
+        }
 
-    # ---- scaling factor, held-out PSNR, export
-    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
-    check_finite(step, out, modules={"vae": accelerator.unwrap_model(model).vae})
-    summary = {}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = ema_copy(accelerator.unwrap_model(model).vae, ema).float()
-        n = cfg.scaling_factor_samples or len(train_data)
-        sf = measure_scaling_factor(final, train_data.images[:n], 64, device, cfg.seed)
+    def pixels(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = to_pixels(self.images[b["idx"]], b["flip"])                     # (B, 3, R, R) in [-1, 1]
+        return random_crops(x, b["offsets"], self.crop) if self.crop < self.resolution else x
+
+    def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.cfg
+        x = self.pixels(b)
+        rec, mean, logvar = model(x, b["noise"])
+        rec_loss = F.l1_loss(rec.float(), x) if cfg.reconstruction_loss == "l1" else F.mse_loss(rec.float(), x)
+        loss = rec_loss + cfg.kl_weight * kl_divergence(mean.float(), logvar.float()).mean()
+        self.last = (x, rec)
+        if self.disc is not None and run.step >= cfg.discriminator.start_step:
+            # the generator's hinge loss through a frozen view of D (no gradients into D here)
+            d = run.accelerator.unwrap_model(self.disc)
+            params = {k: v.detach() for k, v in d.named_parameters()}
+            loss = loss - cfg.discriminator.weight * torch.func.functional_call(d, params, (rec,)).mean()
+        return loss
+
+    def after_micro(self, run: Run, b: dict[str, torch.Tensor], step: int) -> None:
+        if self.disc is None or step < self.cfg.discriminator.start_step:
+            return
+        x, rec = self.last
+        with run.accelerator.accumulate(self.disc):
+            real, fake = self.disc(torch.cat([x, rec.detach()])).chunk(2)     # real | reconstructed
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()        # hinge (Lim & Ye 2017)
+            run.accelerator.backward(d_loss)
+            self.disc_optimizer.step()
+            self.disc_optimizer.zero_grad(set_to_none=True)
+
+    def validate(self, run: Run, step: int) -> None:
+        """Held-out PSNR and a grid of originals (top) over reconstructions (bottom)."""
+        if run.is_main and self.val_data is not None:
+            vae, val = run.ema_copy(), self.val_data
+            value = heldout_psnr(vae, val.images, 64, run.device)
+            k = min(self.cfg.num_validation_images, len(val))
+            rec = reconstruct(vae, val.images[:k], 64, run.device)
+            tiles = torch.cat([val.images[:k].float().cpu() / 255.0, rec.cpu()])
+            from PIL import Image
+
+            pil = [Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for t in tiles]
+            grid = make_grid(pil, cols=k)
+            save_png_atomic(grid, run.out / "validation" / f"step-{step:07d}.png")
+            run.log({"val/psnr_db": value})
+            log_image(run.accelerator, "val/reconstructions", grid, step)
+            logger.info("step %d: held-out PSNR %.2f dB", step, value)
+        run.accelerator.wait_for_everyone()
+
+    def export(self, run: Run) -> dict:
+        """output_dir/vae with the EMA weights and the measured scaling factor."""
+        cfg, device = self.cfg, run.device
+        final = run.ema_copy().float()
+        n = cfg.scaling_factor_samples or len(self.train_data)
+        sf = measure_scaling_factor(final, self.train_data.images[:n], 64, device, cfg.seed)
         final.register_to_config(scaling_factor=sf)
-        val_psnr = heldout_psnr(final, val_data.images, 64, device) if val_data is not None else None
-        final.save_pretrained(out / "vae", safe_serialization=True)
-        summary = {"trainer": "vae", "steps": step, "wall_time_s": round(earlier_wall_time + timer.elapsed(), 1), "final_loss": last_loss,
-                   "scaling_factor": sf, "heldout_psnr_db": val_psnr, "heldout_images": len(val_data or []),
-                   "config_path": config_path, "output": str(out / "vae")}
-        write_summary(out / "vae" / "training_summary.json", summary)
-        logger.info("VAE saved to %s: scaling_factor=%.5f, held-out PSNR %s dB", out / "vae", sf,
-                    f"{val_psnr:.2f}" if val_psnr is not None else "n/a")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        val_psnr = heldout_psnr(final, self.val_data.images, 64, device) if self.val_data is not None else None
+        final.save_pretrained(run.out / "vae", safe_serialization=True)
+        logger.info("VAE: scaling_factor=%.5f, held-out PSNR %s dB", sf, f"{val_psnr:.2f}" if val_psnr else "n/a")
+        return {"scaling_factor": sf, "heldout_psnr_db": val_psnr, "heldout_images": len(self.val_data or [])}
+
+
+def train(cfg: VAETrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
+    """Train the VAE as configured; returns the training summary (also in vae/training_summary.json)."""
+    return loop.train(VAETask(cfg), resume=resume, config_path=config_path, overwrite=overwrite)
 
 
 def random_crops(x: torch.Tensor, offsets: torch.Tensor, size: int) -> torch.Tensor:
@@ -348,39 +302,6 @@ def random_crops(x: torch.Tensor, offsets: torch.Tensor, size: int) -> torch.Ten
     cols = (offsets[:, 1:2] + ar)[:, None, :]                              # (B, 1, size)
     b = torch.arange(x.shape[0], device=x.device)[:, None, None]
     return x.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)       # (B, C, size, size)
-
-
-def validate(cfg: VAETrainConfig, accelerator, model, ema, val_data, out: Path, step: int) -> None:
-    """Held-out PSNR and a grid of originals (top) over reconstructions (bottom)."""
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return
-    vae = ema_copy(accelerator.unwrap_model(model).vae, ema)
-    device = accelerator.device
-    value = heldout_psnr(vae, val_data.images, 64, device)
-    k = min(cfg.num_validation_images, len(val_data))
-    rec = reconstruct(vae, val_data.images[:k], 64, device)
-    orig = val_data.images[:k].float() / 255.0
-    tiles = torch.cat([orig.cpu(), rec.cpu()])
-    from PIL import Image
-
-    pil = [Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for t in tiles]
-    grid = make_grid(pil, cols=k)
-    save_png_atomic(grid, out / "validation" / f"step-{step:07d}.png")
-    accelerator.log({"val/psnr_db": value}, step=step)
-    _log_image(accelerator, "val/reconstructions", grid, step)
-    logger.info("step %d: held-out PSNR %.2f dB", step, value)
-    accelerator.wait_for_everyone()
-
-
-def _log_image(accelerator, tag: str, image, step: int) -> None:
-    import numpy as np
-
-    try:
-        tracker = accelerator.get_tracker("tensorboard", unwrap=True)
-        tracker.add_image(tag, np.asarray(image), step, dataformats="HWC")
-    except Exception as e:  # no tensorboard tracker: the PNG on disk is enough
-        logger.debug("image not logged to TensorBoard: %s", e)
 
 
 EPILOG = """examples:
