@@ -292,13 +292,15 @@ def make_lr_scheduler(optimizer, o: OptimConfig):
     return get_scheduler(name, optimizer, num_warmup_steps=o.lr_warmup_steps, num_training_steps=o.max_train_steps)
 
 
-def make_ema(module: torch.nn.Module, e: EMAConfig):
-    """diffusers' ``EMAModel`` over ``module``'s parameters, or None when ``e.decay == 0``."""
+def make_ema(params, e: EMAConfig):
+    """diffusers' ``EMAModel`` over ``params`` (or a module's parameters), or None when ``e.decay == 0``."""
     if not e.decay:
         return None
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(module.parameters(), decay=e.decay, use_ema_warmup=e.use_warmup, power=e.power,
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    return EMAModel(params, decay=e.decay, use_ema_warmup=e.use_warmup, power=e.power,
                     update_after_step=e.update_after_step, foreach=True)
 
 

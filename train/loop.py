@@ -129,12 +129,17 @@ class Task:
         raise NotImplementedError
 
     # ---- optional
-    def parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    def parameters(self, model: torch.nn.Module) -> list:
+        """What the optimizer trains: parameters, or param groups (dicts with their own "lr")."""
         return [p for p in model.parameters() if p.requires_grad]
 
     def ema_target(self, model: torch.nn.Module) -> torch.nn.Module:
         """The sub-module whose weights the EMA tracks and the export writes (default: all of it)."""
         return model
+
+    def ema_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters the EMA averages (default: all of :meth:`ema_target`)."""
+        return list(self.ema_target(model).parameters())
 
     def make_sampler(self, run: Run):
         """Step → the global batch's sample indices (exact resume needs it to be a function of the step)."""
@@ -178,13 +183,14 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
     run.global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
 
     model = task.setup(run)
-    params = task.parameters(model)
-    optimizer = make_optimizer(params, o)
+    groups = task.parameters(model)
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]  # clipped together
+    optimizer = make_optimizer(groups, o)
     lr_scheduler = make_lr_scheduler(optimizer, o)
     model, optimizer, *extra = accelerator.prepare(model, optimizer, *task.extra_objects())
     task.prepared(extra)
     run.model, run.optimizer, run.lr_scheduler = model, optimizer, lr_scheduler
-    run.ema = make_ema(task.ema_target(run.unwrapped()), cfg.ema)
+    run.ema = make_ema(task.ema_parameters(run.unwrapped()), cfg.ema)
     accelerator.register_for_checkpointing(lr_scheduler)
     if run.ema is not None:
         run.ema.to(device)
@@ -236,7 +242,7 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
             running += loss.detach() / o.gradient_accumulation_steps
         lr_scheduler.step()
         if run.ema is not None:
-            run.ema.step(task.ema_target(run.unwrapped()).parameters())
+            run.ema.step(task.ema_parameters(run.unwrapped()))
         run.step = step = step + 1
         running_n += 1
         bar.update(1)

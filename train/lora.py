@@ -34,12 +34,12 @@ import torch
 from tqdm.auto import tqdm
 
 from latentdiff import lora as L
-from latentdiff.config import load_config, save_config
+from latentdiff.config import load_config
 from latentdiff.diffusion import sample_noise
 from latentdiff.images import make_grid, save_png_atomic
 
+from . import loop
 from .common import (
-    CONFIG_FILE,
     EMBEDDED_DATASETS,
     DataConfig,
     Device,
@@ -48,32 +48,26 @@ from .common import (
     MixedPrecision,
     OptimConfig,
     StepSampler,
-    Timer,
-    begin_run,
-    check_finite,
     check_loop_settings,
-    load_checkpoint,
     load_image_data,
     load_tensors,
-    local_slice,
-    make_accelerator,
-    make_lr_scheduler,
-    make_optimizer,
     parse_overrides,
-    save_checkpoint,
     save_tensors_atomic,
-    seed_everything,
-    start_run,
-    step_generator,
-    write_summary,
 )
+from .loop import Run
 from .unet import (
+    Components,
+    DenoiserStep,
     EncodedData,
     HeldOutBatch,
+    UNetTask,
     batch_inputs,
+    batch_latents,
+    caption_rows,
     caption_table,
     diffusion_loss,
     heldout_loss,
+    log_image,
     prepare_data,
     tokenize,
 )
@@ -160,6 +154,7 @@ class LoraTrainConfig:
     device: Device = "auto"
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
+    cpu_threads: int = 0              # torch CPU threads (0 = torch's default); 1 is fastest on a loaded machine
     lora: LoraNetworkConfig = field(default_factory=LoraNetworkConfig)
     data: LoraDataConfig = field(default_factory=lambda: LoraDataConfig(source=""))
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -316,227 +311,184 @@ def digest(state: dict[str, torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
-    """Train a LoRA as configured; returns the summary (also in final/training_summary.json)."""
-    from latentdiff.pipelines import TextToImagePipeline
+class LoraTask(UNetTask):
+    """The U-Net task with peft LoRA adapters as the only trainable weights (U-Net, optionally the
+    text encoder), an optional prior-preservation term, and a LoRA file as the export."""
 
-    timer = Timer()
-    ckpt = start_run(cfg.output_dir, resume, trainer="lora", overwrite=overwrite, exports=("final",), cfg=cfg)
-    out = Path(cfg.output_dir)
-    o, lc = cfg.optim, cfg.lora
+    name = "lora"
+    exports = ("final",)
 
-    # ---- base model and data (user errors surface here, before any step)
-    pipe = TextToImagePipeline.from_pretrained(cfg.base, revision=cfg.revision or None)
-    resolution = pipe.default_size
-    if cfg.data.resolution and cfg.data.resolution != resolution:
-        raise ValueError(f"data.resolution {cfg.data.resolution} differs from the base model's {resolution}; "
-                         "set it to 0 (the model's)")
-    train_data = load_lora_data(cfg.data, cfg.data.split, resolution)
-    val_data = load_lora_data(cfg.data, cfg.data.validation_split, resolution) if cfg.data.validation_split else None
-    unet_targets = [s for g in lc.unet_targets for s in UNET_TARGET_GROUPS[g]]
-    te_targets = [s for g in lc.text_encoder_targets for s in TEXT_ENCODER_TARGET_GROUPS[g]]
-    unet_modules = L.target_module_names(pipe.unet, unet_targets)
-    te_modules = L.target_module_names(pipe.text_encoder, te_targets) if lc.text_encoder else []
+    def build(self) -> None:
+        from latentdiff.pipelines import TextToImagePipeline
 
-    accelerator = make_accelerator(cfg, out, "latentdiff-lora")
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    if accelerator.is_main_process:
-        begin_run(out, trainer="lora", fresh=ckpt is None, overwrite=overwrite)
-        save_config(cfg, out / CONFIG_FILE)
-    sched = pipe.scheduler_config
-    prediction_type = sched.prediction_type
-    alphas_cumprod = pipe.alphas_cumprod.to(device)                                   # float64 ᾱ_t
-    T = sched.num_train_timesteps
-    scaling_factor = float(pipe.vae.config.scaling_factor)
-    pipe.to(device)
+        cfg, lc = self.cfg, self.cfg.lora
+        self.pipe = pipe = TextToImagePipeline.from_pretrained(cfg.base, revision=cfg.revision or None)
+        resolution = pipe.default_size
+        if cfg.data.resolution and cfg.data.resolution != resolution:
+            raise ValueError(f"data.resolution {cfg.data.resolution} differs from the base model's {resolution}; "
+                             "set it to 0 (the model's)")
+        self.comps = Components(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler_config,
+                                pipe.defaults, resolution)
+        self.train_data = load_lora_data(cfg.data, cfg.data.split, resolution)
+        self.val_data = (load_lora_data(cfg.data, cfg.data.validation_split, resolution)
+                         if cfg.data.validation_split else None)
+        unet_targets = [s for g in lc.unet_targets for s in UNET_TARGET_GROUPS[g]]
+        te_targets = [s for g in lc.text_encoder_targets for s in TEXT_ENCODER_TARGET_GROUPS[g]]
+        self.unet_modules = L.target_module_names(pipe.unet, unet_targets)
+        self.te_modules = L.target_module_names(pipe.text_encoder, te_targets) if lc.text_encoder else []
+        self.num_samples = len(self.train_data)
 
-    # ---- caches (before LoRA is injected: they depend on the base weights only)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    enc = encode(train_data, pipe, cfg, accelerator, cache_dir)
-    val_enc = encode(val_data, pipe, cfg, accelerator, cache_dir) if val_data is not None else None
-    class_enc = None
-    if cfg.prior.weight > 0:
-        class_enc = encode(class_images(cfg, pipe, out, resolution), pipe, cfg, accelerator, cache_dir)
-    latent_shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    base_digest = {"unet": digest(L.base_state_dict(pipe.unet)), "text_encoder": digest(L.base_state_dict(pipe.text_encoder))}
-    before_images = _sample(cfg, pipe, train_data) if accelerator.is_main_process and cfg.validation_prompts else None
+    def setup(self, run: Run) -> torch.nn.Module:
+        cfg, lc, pipe, device = self.cfg, self.cfg.lora, self.pipe, run.device
+        sched = pipe.scheduler_config
+        self.prediction_type, self.T = sched.prediction_type, sched.num_train_timesteps
+        self.alphas_cumprod = pipe.alphas_cumprod.to(device)                          # float64 ᾱ_t
+        self.scaling_factor = float(pipe.vae.config.scaling_factor)
+        pipe.to(device)
+        # caches, before LoRA is injected: they depend on the base weights only
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run.out / "cache"
+        self.enc = encode(self.train_data, pipe, cfg, run.accelerator, cache_dir)
+        self.val_enc = encode(self.val_data, pipe, cfg, run.accelerator, cache_dir) if self.val_data is not None else None
+        self.class_enc = None
+        if cfg.prior.weight > 0:
+            self.class_enc = encode(class_images(cfg, pipe, run.out, self.comps.resolution), pipe, cfg,
+                                    run.accelerator, cache_dir)
+        self.latent_shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        self.base_digest = {"unet": digest(L.base_state_dict(pipe.unet)),
+                            "text_encoder": digest(L.base_state_dict(pipe.text_encoder))}
+        self.before_images = _sample(cfg, pipe, self.train_data) if run.is_main and cfg.validation_prompts else None
 
-    # ---- LoRA layers: the only trainable parameters
-    unet, text_encoder = pipe.unet, pipe.text_encoder
-    unet_params = L.add_lora(unet, unet_modules, rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout, seed=cfg.seed)
-    groups = [{"params": unet_params, "lr": o.learning_rate}]
-    te_params = []
-    if lc.text_encoder:
-        te_params = L.add_lora(text_encoder, te_modules, rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout,
-                               seed=cfg.seed + 1)
-        groups.append({"params": te_params, "lr": lc.text_encoder_learning_rate or o.learning_rate})
-    params = unet_params + te_params
-    frozen = [n for m in (unet, text_encoder, pipe.vae) for n, p in m.named_parameters()
-              if p.requires_grad and ".lora_" not in n]
-    assert not frozen, f"base parameters left trainable: {frozen[:5]}"
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    text_encoder.train(lc.text_encoder)
-    logger.info("LoRA r=%d α=%s on %d U-Net and %d text-encoder modules: %d trainable parameters; %d images on %s",
-                lc.rank, lc.alpha or lc.rank, len(unet_modules), len(te_modules), sum(p.numel() for p in params),
-                len(train_data), device)
+        # LoRA layers: the only trainable parameters
+        unet, te = pipe.unet, pipe.text_encoder
+        self.unet_params = L.add_lora(unet, self.unet_modules, rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout,
+                                      seed=cfg.seed)
+        self.te_params = (L.add_lora(te, self.te_modules, rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout,
+                                     seed=cfg.seed + 1) if lc.text_encoder else [])
+        frozen = [n for m in (unet, te, pipe.vae) for n, p in m.named_parameters()
+                  if p.requires_grad and ".lora_" not in n]
+        assert not frozen, f"base parameters left trainable: {frozen[:5]}"
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        te.train(lc.text_encoder)
+        logger.info("LoRA r=%d α=%s on %d U-Net and %d text-encoder modules: %d trainable parameters; %d images",
+                    lc.rank, lc.alpha or lc.rank, len(self.unet_modules), len(self.te_modules),
+                    sum(p.numel() for p in self.unet_params + self.te_params), len(self.train_data))
+        self.encodes_text = lc.text_encoder or self.enc.text_embeddings is None
+        _register_lora_checkpoint_hooks(run.accelerator)  # checkpoints hold the LoRA weights only
+        return DenoiserStep(unet, te if self.encodes_text else None)
 
-    optimizer = make_optimizer(groups, o)
-    lr_scheduler = make_lr_scheduler(optimizer, o)
-    if lc.text_encoder:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-        models = (unet, text_encoder)
-    else:
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        models = (unet,)
-    _register_lora_checkpoint_hooks(accelerator)
-    ema = None
-    if cfg.ema.decay:
-        from diffusers.training_utils import EMAModel
+    def parameters(self, model: torch.nn.Module) -> list:
+        groups = [{"params": self.unet_params, "lr": self.cfg.optim.learning_rate}]
+        if self.te_params:
+            groups.append({"params": self.te_params,
+                           "lr": self.cfg.lora.text_encoder_learning_rate or self.cfg.optim.learning_rate})
+        return groups
 
-        e = cfg.ema
-        ema = EMAModel(params, decay=e.decay, use_ema_warmup=e.use_warmup, power=e.power,
-                       update_after_step=e.update_after_step)
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
-    sampler = StepSampler(len(train_data), global_batch, cfg.seed, device)
-    class_sampler = StepSampler(len(class_enc.caption_index), global_batch, cfg.seed + 1, device) if class_enc else None
+    def ema_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return self.unet_params + self.te_params  # the adapters only (an SD-size base would double the memory)
 
-    step = 0
-    if ckpt is not None:
-        step = load_checkpoint(accelerator, ckpt)["step"]
-        if ema is not None:
-            ema.to(device)
-        logger.info("resumed from %s at step %d", ckpt, step)
+    def make_sampler(self, run: Run):
+        self.class_sampler = (StepSampler(len(self.class_enc.caption_index), run.global_batch, self.cfg.seed + 1,
+                                          run.device) if self.class_enc is not None else None)
+        return super().make_sampler(run)
 
-    def heldout_value():
-        if val_enc is None:
+    def start(self, run: Run) -> None:
+        if run.is_main:
+            run.state["heldout_loss_initial"] = self.heldout_value(run)
+
+    def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = super().draw(run, step, g, idx)
+        if self.class_enc is not None:  # prior preservation: class images with their own t, noise, posterior noise
+            n = len(idx)
+            b["c_idx"] = self.class_sampler.indices(step)
+            b["c_t"] = torch.randint(0, self.T, (n,), generator=g, device=run.device)
+            b["c_eps"] = sample_noise((n, *self.latent_shape), generator=g, offset_noise=self.cfg.offset_noise,
+                                      device=run.device)
+            b["c_post"] = torch.randn((n, *self.latent_shape), generator=g, device=run.device)
+        return b
+
+    def term(self, model, enc: EncodedData, idx, flip, drop, post, t, eps) -> torch.Tensor:
+        z0 = batch_latents(enc, self.pipe.vae, idx, flip, post, self.scaling_factor)
+        rows = caption_rows(enc, idx, drop)
+        emb, tokens = (None, enc.token_ids[rows]) if self.encodes_text else (enc.text_embeddings[rows], None)
+        return diffusion_loss(model, z0, emb, t, eps, self.alphas_cumprod, self.prediction_type,
+                              self.cfg.min_snr_gamma, token_ids=tokens)
+
+    def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.term(model, self.enc, b["idx"], b["flip"], b["drop"], b["post"], b["t"], b["eps"])
+        if self.class_enc is not None:  # + λ·L(class images, class prompt) (Ruiz et al. 2023, eq. 2)
+            no = torch.zeros_like(b["drop"])
+            loss = loss + self.cfg.prior.weight * self.term(model, self.class_enc, b["c_idx"], no, no, b["c_post"],
+                                                            b["c_t"], b["c_eps"])
+        return loss
+
+    def heldout_value(self, run: Run) -> float | None:
+        if self.val_enc is None:
             return None
-        te = accelerator.unwrap_model(text_encoder)
-        batch = heldout_batch(val_enc, pipe, scaling_factor, cfg.seed, te)
-        return heldout_loss(accelerator.unwrap_model(unet), batch, alphas_cumprod, prediction_type, cfg.min_snr_gamma)
+        step_module = run.unwrapped()
+        batch = heldout_batch(self.val_enc, self.pipe, self.scaling_factor, self.cfg.seed, self.pipe.text_encoder)
+        return heldout_loss(step_module.unet, batch, self.alphas_cumprod, self.prediction_type, self.cfg.min_snr_gamma)
 
-    initial_val = heldout_value() if accelerator.is_main_process and step == 0 else None
-
-    # ---- the loop
-    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
-               desc="train lora", dynamic_ncols=True)
-    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
-    while step < o.max_train_steps:
-        g = step_generator(cfg.seed, step, device)          # the global batch's randomness, same on every process
-        idx = sampler.indices(step)                                                    # (G,)
-        t = torch.randint(0, T, (global_batch,), generator=g, device=device)           # (G,)
-        eps = sample_noise((global_batch, *latent_shape), generator=g, offset_noise=cfg.offset_noise, device=device)
-        post = torch.randn((global_batch, *latent_shape), generator=g, device=device)
-        drop = torch.rand(global_batch, generator=g, device=device) < cfg.data.caption_dropout
-        flip = torch.rand(global_batch, generator=g, device=device) < (0.5 if cfg.data.random_flip else 0.0)
-        if class_enc is not None:
-            c_idx = class_sampler.indices(step)
-            c_t = torch.randint(0, T, (global_batch,), generator=g, device=device)
-            c_eps = sample_noise((global_batch, *latent_shape), generator=g, offset_noise=cfg.offset_noise, device=device)
-            c_post = torch.randn((global_batch, *latent_shape), generator=g, device=device)
-        no = torch.zeros(global_batch, dtype=torch.bool, device=device)
-        for micro in range(o.gradient_accumulation_steps):
-            sl = local_slice(micro, accelerator, o.batch_size)
-            with accelerator.accumulate(*models):
-                z0, emb = lora_batch(enc, pipe.vae, text_encoder, idx[sl], flip[sl], drop[sl], post[sl],
-                                     scaling_factor, lc.text_encoder)                  # (B, C, h, w), (B, L, D)
-                loss = diffusion_loss(unet, z0, emb, t[sl], eps[sl], alphas_cumprod, prediction_type,
-                                      cfg.min_snr_gamma)
-                if class_enc is not None:  # prior preservation: + λ·L(class images, class prompt)
-                    cz, cemb = lora_batch(class_enc, pipe.vae, text_encoder, c_idx[sl], no[sl], no[sl], c_post[sl],
-                                          scaling_factor, lc.text_encoder)
-                    loss = loss + cfg.prior.weight * diffusion_loss(unet, cz, cemb, c_t[sl], c_eps[sl], alphas_cumprod,
-                                                                    prediction_type, cfg.min_snr_gamma)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach() / o.gradient_accumulation_steps
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(params)
-        step += 1
-        running_n += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == o.max_train_steps:
-            last_loss = float(accelerator.reduce(running, "mean")) / running_n
-            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
-            running.zero_()
-            running_n = 0
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
-        if cfg.validation_steps and step % cfg.validation_steps == 0 and accelerator.is_main_process:
-            with _ema_weights(ema, params):
-                value = heldout_value()
+    def validate(self, run: Run, step: int) -> None:
+        if run.is_main:
+            with _ema_weights(run.ema, self.ema_parameters(None)):
+                value = self.heldout_value(run)
                 if value is not None:
-                    accelerator.log({"val/loss": value}, step=step)
-                if cfg.validation_prompts:
-                    with _lora_pipe(pipe, accelerator, unet, text_encoder, params) as lp:
-                        grid = make_grid(_sample(cfg, lp, train_data), cols=len(cfg.validation_prompts))
-                    save_png_atomic(grid, out / "validation" / f"step-{step:07d}.png")
-                    _log_image(accelerator, "val/samples", grid, step)
-            unet.train()
-            text_encoder.train(lc.text_encoder)
-        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss, "epoch": sampler.epoch(step)},
-                            cfg.checkpoints_total_limit)
-    bar.close()
+                    run.log({"val/loss": value})
+                if self.cfg.validation_prompts:
+                    with _lora_pipe(self.pipe, self.ema_parameters(None)) as lp:
+                        grid = make_grid(_sample(self.cfg, lp, self.train_data), cols=len(self.cfg.validation_prompts))
+                    save_png_atomic(grid, run.out / "validation" / f"step-{step:07d}.png")
+                    log_image(run.accelerator, "val/samples", grid, step)
+            self.pipe.text_encoder.train(self.cfg.lora.text_encoder)
+        run.accelerator.wait_for_everyone()
 
-    # ---- export: the LoRA (diffusers + kohya), a before/after grid, the summary
-    # never export a NaN LoRA (checked on every process, so none waits for a main process that stopped)
-    check_finite(step, out, modules={"unet": accelerator.unwrap_model(unet),
-                                     "text encoder": accelerator.unwrap_model(text_encoder)})
-    summary = {}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        u, te = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
-        unchanged = {"unet": digest(L.base_state_dict(u)) == base_digest["unet"],
-                     "text_encoder": digest(L.base_state_dict(te)) == base_digest["text_encoder"]}
+    def export(self, run: Run) -> dict:
+        """final/: the LoRA (diffusers + kohya), a before/after grid."""
+        cfg, lc, pipe = self.cfg, self.cfg.lora, self.pipe
+        u, te = pipe.unet, pipe.text_encoder
+        unchanged = {"unet": digest(L.base_state_dict(u)) == self.base_digest["unet"],
+                     "text_encoder": digest(L.base_state_dict(te)) == self.base_digest["text_encoder"]}
         assert all(unchanged.values()), f"base weights changed during LoRA training: {unchanged}"
-        with _ema_weights(ema, params):
-            final_val = heldout_value()
+        with _ema_weights(run.ema, self.ema_parameters(None)):
+            final_val = self.heldout_value(run)
             unet_state = L.get_lora_state(u)
             te_state = L.get_lora_state(te) if lc.text_encoder else None
             after_images = None
             if cfg.validation_prompts:
-                with _lora_pipe(pipe, accelerator, unet, text_encoder, params) as lp:
-                    after_images = _sample(cfg, lp, train_data)
-        final = out / "final"
+                with _lora_pipe(pipe, self.ema_parameters(None)) as lp:
+                    after_images = _sample(cfg, lp, self.train_data)
+        final = run.out / "final"
         metadata = {
             "base_model": cfg.base, "base_revision": cfg.revision or None, "rank": lc.rank,
             "alpha": lc.alpha if lc.alpha is not None else lc.rank, "dropout": lc.dropout,
             "unet_targets": lc.unet_targets, "text_encoder_targets": lc.text_encoder_targets if lc.text_encoder else [],
             "instance_prompt": cfg.data.instance_prompt, "caption_template": cfg.data.caption_template,
-            "prompts": _example_prompts(train_data), "validation_prompts": cfg.validation_prompts,
-            "steps": step, "learning_rate": o.learning_rate, "batch_size": global_batch, "data": cfg.data.source,
-            "num_images": len(train_data), "prior_weight": cfg.prior.weight, "class_prompt": cfg.prior.class_prompt,
-            "trainer": "latentdiff train lora",
+            "prompts": _example_prompts(self.train_data), "validation_prompts": cfg.validation_prompts,
+            "steps": run.step, "learning_rate": cfg.optim.learning_rate, "batch_size": run.global_batch,
+            "data": cfg.data.source, "num_images": len(self.train_data), "prior_weight": cfg.prior.weight,
+            "class_prompt": cfg.prior.class_prompt, "trainer": "latentdiff train lora",
         }
         path = L.save_lora(final, unet_state, te_state, metadata=metadata, dropout=lc.dropout)
-        state = L.read_lora(path).state
-        kohya = L.save_kohya(final / f"{cfg.name}_kohya.safetensors", state, metadata=metadata, name=cfg.name)
-        if before_images is not None:
+        kohya = L.save_kohya(final / f"{cfg.name}_kohya.safetensors", L.read_lora(path).state, metadata=metadata,
+                             name=cfg.name)
+        if self.before_images is not None:
             n = len(cfg.validation_prompts)
-            save_png_atomic(make_grid(before_images + after_images, cols=n * len(cfg.validation_seeds)),
+            save_png_atomic(make_grid(self.before_images + after_images, cols=n * len(cfg.validation_seeds)),
                             final / "before_after.png")
-        summary = {"trainer": "lora", "steps": step, "wall_time_s": round(timer.elapsed(), 1), "final_loss": last_loss,
-                   "heldout_loss_initial": initial_val, "heldout_loss_final": final_val,
-                   "trainable_parameters": sum(p.numel() for p in params), "lora_modules": len(unet_state) // 3
-                   + (len(te_state) // 3 if te_state else 0), "base_weights_unchanged": all(unchanged.values()),
-                   "global_batch": global_batch, "num_images": len(train_data), "device": str(device),
-                   "cache_key": enc.key, "config_path": config_path, "lora": str(path), "kohya": str(kohya)}
-        save_config(cfg, final / "training_config.yaml")
-        write_summary(final / "training_summary.json", summary)
-        logger.info("LoRA saved to %s (kohya: %s); held-out loss %s -> %s", path, kohya, initial_val, final_val)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        logger.info("LoRA saved to %s (kohya: %s); held-out loss %s -> %s", path, kohya,
+                    run.state.get("heldout_loss_initial"), final_val)
+        return {"heldout_loss_initial": run.state.get("heldout_loss_initial"), "heldout_loss_final": final_val,
+                "trainable_parameters": sum(p.numel() for p in self.ema_parameters(None)),
+                "lora_modules": len(unet_state) // 3 + (len(te_state) // 3 if te_state else 0),
+                "base_weights_unchanged": all(unchanged.values()), "num_images": len(self.train_data),
+                "cache_key": self.enc.key, "lora": str(path), "kohya": str(kohya)}
+
+
+def train(cfg: LoraTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
+    """Train a LoRA as configured; returns the summary (also in final/training_summary.json)."""
+    return loop.train(LoraTask(cfg), resume=resume, config_path=config_path, overwrite=overwrite)
 
 
 class _ema_weights:
@@ -556,15 +508,15 @@ class _ema_weights:
 
 
 @contextlib.contextmanager
-def _lora_pipe(pipe, accelerator, unet, text_encoder, params):
+def _lora_pipe(pipe, params):
     """A pipeline around the training modules themselves (no copies: an SD-size U-Net is GBs). The
     pipeline puts its modules in eval mode without gradients; the LoRA parameters get their
     ``requires_grad`` back afterwards (the caller restores train mode)."""
     from latentdiff.pipelines import TextToImagePipeline
 
-    u, te = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
     try:
-        yield TextToImagePipeline(u, pipe.vae, te, pipe.tokenizer, pipe.scheduler_config, pipe.defaults)
+        yield TextToImagePipeline(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler_config,
+                                  pipe.defaults)
     finally:
         for p in params:
             p.requires_grad_(True)
@@ -578,13 +530,6 @@ def _sample(cfg: LoraTrainConfig, pipe, data: ImageData) -> list:
     seeds = [s for s in cfg.validation_seeds for _ in cfg.validation_prompts]
     return pipe(prompts, seed=seeds, num_inference_steps=cfg.validation_num_inference_steps,
                 guidance_scale=cfg.validation_guidance_scale or None, sampler=cfg.validation_sampler or None).images
-
-
-def _log_image(accelerator, tag: str, grid, step: int) -> None:
-    try:
-        accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, np.asarray(grid), step, dataformats="HWC")
-    except Exception as e:  # no tensorboard tracker: the PNG on disk is enough
-        logger.debug("grid not logged to TensorBoard: %s", e)
 
 
 def _example_prompts(data: ImageData, n: int = 20) -> list[str]:
