@@ -34,38 +34,27 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latentdiff.classifier import ClassifierConfig, NoisyLatentClassifier, count_parameters
-from latentdiff.config import ConfigError, save_config
+from latentdiff.classifier import ClassifierConfig, NoisyLatentClassifier
+from latentdiff.config import ConfigError
 from latentdiff.diffusion import q_sample
 
+from . import loop
 from .common import (
-    CONFIG_FILE,
     DataConfig,
     Device,
+    EMAConfig,
     MixedPrecision,
     OptimConfig,
-    Timer,
-    begin_run,
     build_parser,
     cache_key,
-    check_finite,
     check_loop_settings,
     hash_module,
-    load_checkpoint,
     load_tensors,
     load_train_config,
-    local_slice,
-    make_accelerator,
-    make_lr_scheduler,
-    make_optimizer,
-    save_checkpoint,
     save_tensors_atomic,
-    seed_everything,
-    set_cpu_threads,
-    start_run,
     step_generator,
-    write_summary,
 )
+from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train")
 CACHE_VERSION = 1
@@ -100,6 +89,7 @@ class ClassifierTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         batch_size=128, learning_rate=3e-4, lr_scheduler="cosine", lr_warmup_steps=100, adam_weight_decay=0.05,
         max_train_steps=3000))       # guided-diffusion's classifier_train: AdamW 3e-4, weight decay 0.05
+    ema: EMAConfig = field(default_factory=EMAConfig)  # decay 0 = off
     balanced: bool = True            # class-balanced batches (each class equally likely)
     label_smoothing: float = 0.0
     checkpointing_steps: int = 500
@@ -379,130 +369,105 @@ def batch_indices(labels: torch.Tensor, num_classes: int, batch: int, balanced: 
     return torch.multinomial(weights, batch, replacement=True, generator=generator)
 
 
-def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
-    """Train the classifier as configured; returns the training summary (also in final/training_summary.json)."""
-    timer = Timer()
-    set_cpu_threads(cfg.cpu_threads)
-    ckpt = start_run(cfg.output_dir, resume, trainer="classifier", overwrite=overwrite, exports=("final",), cfg=cfg)
-    out = Path(cfg.output_dir)
-    o, d = cfg.optim, cfg.data
+class BalancedSampler:
+    """Step → (G,) indices drawn with replacement, each class equally likely (or uniform), from the
+    step's own generator: a pure function of (seed, step), as exact resume needs."""
 
-    # ---- frozen VAE, data, cached posterior statistics (all user errors surface here)
-    vae, resolution, sched = load_frozen_vae(cfg.vae_from)
-    resolution = d.resolution or resolution
-    accelerator = make_accelerator(cfg, out, "latentdiff-classifier")
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    lat = prepare_latents(cfg, vae, resolution, accelerator, out / "cache")
-    names = lat["label_names"]
-    train_mean, train_std, train_y = lat["train_mean"], lat["train_std"], lat["train_labels"]
-    has_test = "test_labels" in lat
-    if len(torch.unique(train_y)) < 2:
-        raise ValueError(f"label column {d.label_column!r} of {d.source} has fewer than 2 classes in split "
-                         f"{d.split!r}; a classifier needs at least 2")
+    def __init__(self, labels: torch.Tensor, num_classes: int, global_batch: int, balanced: bool, seed: int):
+        self.labels, self.num_classes, self.global_batch, self.balanced, self.seed = \
+            labels, num_classes, global_batch, balanced, seed
 
-    # the classifier's input shape and classes come from the VAE and the data; t from the pipeline's schedule
-    c = dataclasses.replace(cfg.classifier, latent_channels=int(train_mean.shape[1]),
-                            sample_size=int(train_mean.shape[-1]), num_classes=len(names), class_names=tuple(names),
-                            label_column=d.label_column, vae_scaling_factor=float(vae.config.scaling_factor),
-                            trained_on=f"vae: {cfg.vae_from}; data: {d.source} ({d.split})")
-    if sched is not None:
-        c = dataclasses.replace(c, num_train_timesteps=sched.num_train_timesteps, beta_schedule=sched.beta_schedule,
-                                beta_start=sched.beta_start, beta_end=sched.beta_end)
-    cfg = dataclasses.replace(cfg, classifier=c)
-    del vae
-    if accelerator.is_main_process:
-        begin_run(out, trainer="classifier", fresh=ckpt is None, overwrite=overwrite)
-        save_config(cfg, out / CONFIG_FILE)
-    torch.manual_seed(cfg.seed)
-    model = NoisyLatentClassifier(c).train()
-    alphas_cumprod = model.alphas_cumprod().to(device)                            # float64 ᾱ_t on the device
-    T = c.num_train_timesteps
-    logger.info("classifier on %s: %d parameters, %d classes of %r, %d train latents %s, T=%d", device,
-                count_parameters(model), len(names), d.label_column, len(train_y), tuple(train_mean.shape[1:]), T)
+    def indices(self, step: int) -> torch.Tensor:
+        g = step_generator(self.seed, step, self.labels.device, stream=1)
+        return batch_indices(self.labels, self.num_classes, self.global_batch, self.balanced, g)
 
-    # ---- optimizer, schedule, Accelerate, resume
-    optimizer = make_optimizer(model.parameters(), o)
-    lr_scheduler = make_lr_scheduler(optimizer, o)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
-    step = 0
-    if ckpt is not None:
-        step = load_checkpoint(accelerator, ckpt)["step"]
-        logger.info("resumed from %s at step %d", ckpt, step)
-    start_step = step
+    def epoch(self, step: int) -> float:
+        return step * self.global_batch / len(self.labels)
 
-    def test_rows(timesteps, draws):
-        return accuracy_vs_t(accelerator.unwrap_model(model), lat["test_mean"], lat["test_std"], lat["test_labels"],
-                             alphas_cumprod, timesteps, draws, d.posterior)
 
-    # ---- the loop
-    bar = tqdm(total=o.max_train_steps, initial=step, disable=not accelerator.is_local_main_process,
-               desc="train classifier", dynamic_ncols=True)
-    running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
-    while step < o.max_train_steps:
-        g = step_generator(cfg.seed, step, device)                                   # this step's randomness
-        idx = batch_indices(train_y, len(names), global_batch, cfg.balanced, g)      # (G,)
-        z = draw_latents(train_mean[idx], train_std[idx], d.posterior, g)            # (G, C, s, s)
-        t = torch.randint(0, T, (global_batch,), generator=g, device=device)         # t ~ U{0..T-1}
-        eps = torch.randn(z.shape, generator=g, device=device)
-        x_t = q_sample(z, t, eps, alphas_cumprod)                                    # (G, C, s, s)
-        model.train()
-        for micro in range(o.gradient_accumulation_steps):
-            sl = local_slice(micro, accelerator, o.batch_size)
-            with accelerator.accumulate(model):
-                logits = model(x_t[sl], t[sl])                                       # (B, K)
-                loss = F.cross_entropy(logits.float(), train_y[idx[sl]], label_smoothing=cfg.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach() / o.gradient_accumulation_steps
-        lr_scheduler.step()
-        step += 1
-        running_n += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == o.max_train_steps:
-            last_loss = float(accelerator.reduce(running, "mean")) / running_n
-            check_finite(step, out, last_loss)  # a diverged run stops here, before any save
-            running.zero_()
-            running_n = 0
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
-        if has_test and cfg.validation_steps and step % cfg.validation_steps == 0 and accelerator.is_main_process:
-            rows = test_rows((0, T // 2, T - 1), 1)
-            accelerator.log({f"test/accuracy_t{r['t']}": r["accuracy"] for r in rows}, step=step)
-        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-            save_checkpoint(accelerator, out, step, cfg, {"loss": last_loss}, cfg.checkpoints_total_limit)
-    bar.close()
+class ClassifierTask(Task):
+    """Cross-entropy of p(y | x_t, t) on noised VAE latents; exports output_dir/final (config + weights)."""
 
-    # ---- final weights, accuracy versus t on the test split, summary
-    # never export a NaN model (checked on every process, so none waits for a main process that stopped)
-    check_finite(step, out, modules={"classifier": accelerator.unwrap_model(model)})
-    summary: dict = {}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model).eval()
-        final.save_pretrained(out / "final")
-        rows, table = [], ""
-        if has_test:
-            rows = test_rows(cfg.eval_timesteps, cfg.eval_noise_draws)
-            table = write_report(rows, names, lat["test_labels"].cpu(), out / "final",
+    name = "classifier"
+    exports = ("final",)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.vae, resolution, self.sched = load_frozen_vae(cfg.vae_from)
+        self.resolution = cfg.data.resolution or resolution
+
+    def setup(self, run: Run) -> torch.nn.Module:
+        cfg, d = self.cfg, self.cfg.data
+        self.lat = lat = prepare_latents(cfg, self.vae, self.resolution, run.accelerator, run.out / "cache")
+        self.names = lat["label_names"]
+        self.train_y = lat["train_labels"]
+        self.num_samples = len(self.train_y)
+        if len(torch.unique(self.train_y)) < 2:
+            raise ValueError(f"label column {d.label_column!r} of {d.source} has fewer than 2 classes in split "
+                             f"{d.split!r}; a classifier needs at least 2")
+        # the classifier's input shape and classes come from the VAE and the data; t from the pipeline's schedule
+        c = dataclasses.replace(cfg.classifier, latent_channels=int(lat["train_mean"].shape[1]),
+                                sample_size=int(lat["train_mean"].shape[-1]), num_classes=len(self.names),
+                                class_names=tuple(self.names), label_column=d.label_column,
+                                vae_scaling_factor=float(self.vae.config.scaling_factor),
+                                trained_on=f"vae: {cfg.vae_from}; data: {d.source} ({d.split})")
+        if self.sched is not None:
+            s = self.sched
+            c = dataclasses.replace(c, num_train_timesteps=s.num_train_timesteps, beta_schedule=s.beta_schedule,
+                                    beta_start=s.beta_start, beta_end=s.beta_end)
+        self.cfg = run.cfg = cfg = dataclasses.replace(cfg, classifier=c)  # the resolved config is what gets saved
+        del self.vae
+        torch.manual_seed(cfg.seed)
+        model = NoisyLatentClassifier(c).train()
+        self.alphas_cumprod = model.alphas_cumprod().to(run.device)               # float64 ᾱ_t on the device
+        self.T = c.num_train_timesteps
+        logger.info("classifier: %d parameters, %d classes of %r, %d train latents %s, T=%d",
+                    sum(p.numel() for p in model.parameters()), len(self.names), d.label_column,
+                    len(self.train_y), tuple(lat["train_mean"].shape[1:]), self.T)
+        return model
+
+    def make_sampler(self, run: Run):
+        return BalancedSampler(self.train_y, len(self.names), run.global_batch, self.cfg.balanced, self.cfg.seed)
+
+    def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = draw_latents(self.lat["train_mean"][idx], self.lat["train_std"][idx], self.cfg.data.posterior, g)
+        t = torch.randint(0, self.T, (len(idx),), generator=g, device=run.device)   # t ~ U{0..T-1}
+        eps = torch.randn(z.shape, generator=g, device=run.device)
+        return {"x_t": q_sample(z, t, eps, self.alphas_cumprod), "t": t, "y": self.train_y[idx]}
+
+    def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(b["x_t"], b["t"])                                           # (B, K)
+        return F.cross_entropy(logits.float(), b["y"], label_smoothing=self.cfg.label_smoothing)
+
+    def test_rows(self, model, timesteps, draws) -> list[dict]:
+        lat = self.lat
+        return accuracy_vs_t(model, lat["test_mean"], lat["test_std"], lat["test_labels"], self.alphas_cumprod,
+                             timesteps, draws, self.cfg.data.posterior)
+
+    def validate(self, run: Run, step: int) -> None:
+        if run.is_main and "test_labels" in self.lat:
+            rows = self.test_rows(run.ema_copy(), (0, self.T // 2, self.T - 1), 1)
+            run.log({f"test/accuracy_t{r['t']}": r["accuracy"] for r in rows})
+        run.accelerator.wait_for_everyone()
+
+    def export(self, run: Run) -> dict:
+        """final/: config.json + model.safetensors, and the test accuracy versus t (table and plot)."""
+        cfg, d = self.cfg, self.cfg.data
+        final = run.ema_copy()
+        final.save_pretrained(run.out / "final")
+        rows = []
+        if "test_labels" in self.lat:
+            rows = self.test_rows(final, cfg.eval_timesteps, cfg.eval_noise_draws)
+            table = write_report(rows, self.names, self.lat["test_labels"].cpu(), run.out / "final",
                                  f"{d.label_column} classifier on noisy latents: test accuracy vs t")
             logger.info("test accuracy versus noise level t:\n%s", table)
-        summary = {"trainer": "classifier", "steps": step, "start_step": start_step,
-                   "resumed_from": str(ckpt) if ckpt else None, "wall_time_s": round(timer.elapsed(), 1),
-                   "final_loss": last_loss, "classes": names, "label_column": d.label_column,
-                   "global_batch": global_batch, "device": str(device), "cache_key": lat["key"],
-                   "config_path": config_path, "accuracy_vs_t": rows, "output": str(out / "final")}
-        save_config(cfg, out / "final" / "training_config.yaml")
-        write_summary(out / "final" / "training_summary.json", summary)
-        logger.info("classifier saved to %s", out / "final")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        return {"classes": self.names, "label_column": d.label_column, "cache_key": self.lat["key"],
+                "accuracy_vs_t": rows}
+
+
+def train(cfg: ClassifierTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
+    """Train the classifier as configured; returns the training summary (also in final/training_summary.json)."""
+    return loop.train(ClassifierTask(cfg), resume=resume, config_path=config_path, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

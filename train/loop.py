@@ -176,13 +176,14 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
     accelerator = make_accelerator(cfg, out, f"latentdiff-{task.name}")
     device = accelerator.device
     seed_everything(cfg.seed)
-    if accelerator.is_main_process:
-        begin_run(out, trainer=task.name, fresh=ckpt is None, overwrite=overwrite)
-        save_config(cfg, out / CONFIG_FILE)
     run = Run(cfg, accelerator, out, task=task)
     run.global_batch = o.batch_size * accelerator.num_processes * o.gradient_accumulation_steps
 
-    model = task.setup(run)
+    model = task.setup(run)  # (caches, and the config's values only the data can tell, e.g. the classes)
+    cfg = run.cfg = task.cfg
+    if accelerator.is_main_process:
+        begin_run(out, trainer=task.name, fresh=ckpt is None, overwrite=overwrite)
+        save_config(cfg, out / CONFIG_FILE)
     groups = task.parameters(model)
     params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]  # clipped together
     optimizer = make_optimizer(groups, o)
@@ -198,11 +199,12 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
     sampler = task.make_sampler(run)
 
     # ---- resume: the step number is the sampler's whole state
-    earlier_wall_time = 0.0
+    earlier_wall_time, start_step = 0.0, 0
     if ckpt is not None:
         saved = load_checkpoint(accelerator, ckpt)
         run.step, earlier_wall_time = saved["step"], saved.get("wall_time_s", 0.0)
         run.state = saved.get("task", {})
+        start_step = run.step
         if run.ema is not None:
             run.ema.to(device)
         logger.info("resumed from %s at step %d", ckpt, run.step)
@@ -272,7 +274,8 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
         specific = task.export(run)
         summary = {"trainer": task.name, "steps": run.step, "wall_time_s": round(wall_time(), 1),
                    "final_loss": last_loss, "global_batch": run.global_batch,
-                   "processes": accelerator.num_processes, "device": str(device), **specific,
+                   "processes": accelerator.num_processes, "device": str(device), "start_step": start_step,
+                   "resumed_from": str(ckpt) if ckpt else None, **specific,
                    "config_path": config_path, "output": str(out / task.exports[0])}
         save_config(cfg, out / task.exports[0] / "training_config.yaml")
         write_summary(out / task.exports[0] / "training_summary.json", summary)
