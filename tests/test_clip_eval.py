@@ -74,11 +74,12 @@ def test_clip_trains_and_saved_text_encoder_equals_the_tower(tmp_path):
 
     torch.set_num_threads(1)
     write_folder_dataset(tmp_path / "data")
-    cfg = load_clip_config(ROOT / "configs" / "tiny_clip.yaml",
-                           {"dataset": str(tmp_path / "data"), "training.batch_size": 18, "training.eval_every": 0,
-                            "training.warmup_steps": 2, "training.learning_rate": 3e-3})
     out = tmp_path / "run"
-    summary = train(cfg, out, max_train_steps=40, progress=False)
+    cfg = load_clip_config(ROOT / "configs" / "tiny_clip.yaml",
+                           {"data.source": str(tmp_path / "data"), "optim.batch_size": 18, "validation_steps": 0,
+                            "optim.lr_warmup_steps": 2, "optim.learning_rate": 3e-3, "optim.max_train_steps": 40,
+                            "output_dir": str(out), "device": "cpu", "checkpointing_steps": 20})
+    summary = train(cfg)
 
     # it learned: the contrastive loss fell well below its value for random embeddings, ln(batch)
     assert summary["final_loss"] < 0.8 * np.log(18)
@@ -99,10 +100,10 @@ def test_clip_trains_and_saved_text_encoder_equals_the_tower(tmp_path):
     torch.testing.assert_close(a.pooler_output, b.pooler_output, rtol=0, atol=0)
     torch.testing.assert_close(c.last_hidden_state, a.last_hidden_state, rtol=0, atol=0)
     # the text tower was trained (it differs from a fresh initialisation with the same seed)
-    torch.manual_seed(cfg.training.seed)
+    torch.manual_seed(cfg.seed)
     fresh = cfg.text_encoder.build()
     assert not torch.equal(fresh.get_input_embeddings().weight[736], text_encoder.get_input_embeddings().weight[736])
-    for name in ("tokenizer", "config.yaml", "summary.json", "metrics.jsonl"):
+    for name in ("tokenizer", "config.yaml", "text_encoder/training_summary.json", "checkpoints/checkpoint-40"):
         assert (out / name).exists(), name
 
 

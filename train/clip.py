@@ -32,24 +32,26 @@ image→caption retrieval top-1/top-5 among all test captions.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentdiff.config import atomic_write_text, load_config, save_config
+from latentdiff.config import load_config
 from latentdiff.evaluation import COLOUR_WORDS, SKIN_TONE_RE, SKIN_TONES, load_image_set, random_affine
 from latentdiff.models import ModelConfig, TextEncoderConfig
 
-from .common import check_finite
+from . import loop
+from .common import DataConfig, Device, EMAConfig, MixedPrecision, OptimConfig, check_loop_settings, run_main, step_generator
+from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train.clip")
 
@@ -79,54 +81,62 @@ class VisionTowerConfig:
 
 
 @dataclass
-class ClipTrainingConfig:
-    steps: int = 2000
-    batch_size: int = 512  # contrastive learning likes big batches (every other caption is a negative)
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1  # not on biases, norms and the temperature
-    adam_beta2: float = 0.98  # CLIP's choice for stability with large batches
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0  # the cosine decays to learning_rate * min_lr_ratio
-    grad_clip: float = 1.0
-    seed: int = 0
-    shift: int = 2  # random translation of each image, in pixels (white fill)
-    scale_jitter: float = 0.1  # random zoom in [1 - j, 1 + j]
-    mixed_precision: Literal["no", "bf16"] = "bf16"  # used on CUDA only; CPU runs in float32
-    eval_every: int = 200  # steps between zero-shot evaluations (0: only at the end)
-    checkpoint_every: int = 0  # steps between resumable checkpoints (0: only at the end)
-    holdout_colour_shapes: bool = False  # leave coloured hearts/circles/squares/books out of training
+class ClipTrainConfig:
+    """A tiny CLIP. The text tower is ``model_config``'s ``text_encoder`` (a diffusion model config,
+    looked up beside this file first) or an explicit ``text_encoder`` section; exactly one of the two."""
 
-
-@dataclass
-class ClipConfig:
-    """A tiny CLIP. The text tower is ``model_config``'s ``text_encoder`` (a path relative to this
-    file, e.g. ``emoji.yaml``) or an explicit ``text_encoder`` section; exactly one of the two."""
-
-    model_config: str | None = "emoji.yaml"
+    CONFIG_REFERENCES: ClassVar[tuple[str, ...]] = ("model_config",)  # resolved beside the config file
+    model_config: str = ""
     text_encoder: TextEncoderConfig | None = None
-    dataset: str = "emoji"  # anything latentdiff.data.build_dataset reads (needs a "train" split)
-    eval_split: str | None = "test"  # zero-shot metrics on this split (null: none)
+    output_dir: str = "runs/clip"
+    seed: int = 0
+    device: Device = "auto"
+    mixed_precision: MixedPrecision = "bf16"  # CUDA only; CPU runs in float32
+    cpu_threads: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="emoji", validation_split="test",
+                                                                max_validation_samples=0))
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     logit_scale_init: float = 2.6592  # ln(1/0.07), CLIP's initial temperature
-    training: ClipTrainingConfig = field(default_factory=ClipTrainingConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        batch_size=512, learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=100, adam_beta2=0.98,
+        adam_weight_decay=0.1, adam_epsilon=1e-6, max_grad_norm=1.0, max_train_steps=2000))
+    # (contrastive learning likes big batches: every other caption is a negative; β2 0.98 is CLIP's choice;
+    # the weight decay spares biases, norms and the temperature)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    shift: int = 2                   # random translation of each image, in pixels (white fill)
+    scale_jitter: float = 0.1        # random zoom in [1 - j, 1 + j]; no colour augmentation: colours are named
+    holdout_colour_shapes: bool = False  # leave coloured hearts/circles/squares/books out of training
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    validation_steps: int = 200      # zero-shot metrics on data.validation_split (0 = only at the end)
+    log_every: int = 10
 
     def validate(self):
-        if (self.model_config is None) == (self.text_encoder is None):
+        check_loop_settings(self)
+        if bool(self.model_config) == (self.text_encoder is not None):
             raise ValueError("give exactly one of model_config (a diffusion model config whose text_encoder "
                              "section is the text tower) and text_encoder (the tower written out)")
+        if self.model_config and not Path(self.model_config).is_file():
+            raise FileNotFoundError(f"model_config {self.model_config!r} not found (a relative path is looked up "
+                                    "beside the CLIP config, then from the current folder), e.g. emoji.yaml")
+        if self.shift < 0 or self.scale_jitter < 0:
+            raise ValueError("shift and scale_jitter must be >= 0 (0 = off)")
 
 
-def load_clip_config(path: str | Path, overrides: dict | None = None) -> ClipConfig:
+ClipConfig = ClipTrainConfig  # the name configs and notebooks used before the shared loop
+
+
+def load_clip_config(path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
     """Read a CLIP config and resolve ``model_config`` into an explicit ``text_encoder``."""
-    cfg = load_config(path, ClipConfig, overrides)
-    if cfg.model_config is not None:
-        model_path = Path(path).parent / cfg.model_config
-        if not model_path.is_file():
-            raise FileNotFoundError(f"{path}: model_config {cfg.model_config!r} not found (looked for {model_path}); "
-                                    "give a path relative to the CLIP config's folder, e.g. emoji.yaml")
-        cfg.text_encoder = load_config(model_path, ModelConfig).text_encoder
-        cfg.model_config = None
-    return cfg
+    return resolve_text_tower(load_config(path, ClipTrainConfig, overrides))
+
+
+def resolve_text_tower(cfg: ClipTrainConfig) -> ClipTrainConfig:
+    """``model_config`` replaced by its ``text_encoder`` section, as the saved config records it."""
+    if cfg.text_encoder is not None:
+        return cfg
+    return dataclasses.replace(cfg, text_encoder=load_config(cfg.model_config, ModelConfig).text_encoder,
+                               model_config="")
 
 
 # --------------------------------------------------------------------------- model
@@ -259,15 +269,6 @@ def zero_shot_report(clip, tokenizer, pixel_values: torch.Tensor, captions: list
 # --------------------------------------------------------------------------- training
 
 
-def _lr_lambda(warmup: int, total: int, min_ratio: float):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
 def _param_groups(model, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -275,30 +276,118 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save_checkpoint(folder: Path, clip, optimizer, scheduler, step: int, generator: torch.Generator) -> None:
-    from safetensors.torch import save_model
+class ClipTask(Task):
+    """CLIP's symmetric InfoNCE on image–caption pairs; exports text_encoder/, tokenizer/ and clip/."""
 
-    from latentdiff.io import atomic_dir
+    name = "clip"
+    exports = ("text_encoder", "tokenizer", "clip")
 
-    with atomic_dir(folder) as tmp:
-        save_model(clip, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "generator": generator.get_state()}, tmp / "training_state.pt")
+    def build(self) -> None:
+        from latentdiff.tokenizer import build_clip_tokenizer
+
+        cfg = self.cfg = resolve_text_tower(self.cfg)
+        d, size = cfg.data, cfg.vision.image_size
+        train_set = load_image_set(d.source, d.split, size, image_column=d.image_column,
+                                   caption_column=d.caption_column, progress=True)
+        if d.max_samples and len(train_set) > d.max_samples:
+            train_set = train_set.subset(sorted(np.random.default_rng(0).choice(len(train_set), d.max_samples,
+                                                                               replace=False).tolist()))
+        keep = [i for i, c in enumerate(train_set.captions)
+                if not (cfg.holdout_colour_shapes and _COLOUR_SHAPE_RE.match(c))]
+        kept = set(keep)
+        self.held_out = [i for i in range(len(train_set)) if i not in kept]
+        if len(keep) < 2:
+            raise ValueError(f"data.source {d.source!r} has {len(keep)} training images; contrastive training needs >= 2")
+        if cfg.optim.batch_size > len(keep):
+            raise ValueError(f"optim.batch_size {cfg.optim.batch_size} exceeds the {len(keep)} training pairs of "
+                             f"{d.source!r}; a contrastive batch must not repeat a pair: lower it "
+                             f"(--set optim.batch_size={len(keep)})")
+        self.images = train_set.images[keep] * 2 - 1                       # (N, 3, S, S) in [-1, 1]
+        self.captions = [train_set.captions[i] for i in keep]
+        self.num_samples = len(keep)
+        self.tokenizer = build_clip_tokenizer()
+        # Causal attention + EOS pooling: padding to the longest caption gives the same pooled output as
+        # padding to 77, so the text tower sees exactly what the U-Net will feed it.
+        self.ids = self.tokenizer(self.captions, padding="longest", truncation=True, return_tensors="pt").input_ids
+        self.eval_images, self.eval_captions = None, []
+        if d.validation_split:
+            try:
+                eval_set = load_image_set(d.source, d.validation_split, size, image_column=d.image_column,
+                                          caption_column=d.caption_column)
+                self.eval_images, self.eval_captions = eval_set.images * 2 - 1, list(eval_set.captions)
+            except (ValueError, FileNotFoundError) as e:
+                logger.warning("no zero-shot metrics: split %r of %s could not be loaded (%s)", d.validation_split,
+                               d.source, e)
+        if self.held_out:  # held-out training images count as unseen for the colour metric
+            extra = train_set.images[self.held_out] * 2 - 1
+            self.eval_images = extra if self.eval_images is None else torch.cat([self.eval_images, extra])
+            self.eval_captions += [train_set.captions[i] for i in self.held_out]
+        self.held_out_captions = [train_set.captions[i] for i in self.held_out]
+
+    def setup(self, run: Run) -> torch.nn.Module:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        self.images, self.ids = self.images.to(run.device), self.ids.to(run.device)
+        torch.manual_seed(self.cfg.seed)
+        clip = build_clip_model(self.cfg).train()
+        logger.info("CLIP: %.2f M parameters (text %.2f M), %d training pairs",
+                    sum(p.numel() for p in clip.parameters()) / 1e6,
+                    sum(p.numel() for p in clip.text_model.parameters()) / 1e6, self.num_samples)
+        return clip
+
+    def parameters(self, model: torch.nn.Module) -> list:
+        return _param_groups(model, self.cfg.optim.adam_weight_decay)
+
+    def start(self, run: Run) -> None:
+        run.state["history"] = []
+
+    def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        cpu = step_generator(self.cfg.seed, step, torch.device("cpu"), stream=2)  # random_affine draws on the CPU
+        x = random_affine(self.images[idx], self.cfg.shift, self.cfg.scale_jitter, cpu, fill=1.0)  # white border
+        return {"pixel_values": x, "input_ids": self.ids[idx]}
+
+    def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=b["input_ids"], pixel_values=b["pixel_values"], return_loss=True).loss
+
+    def after_micro(self, run: Run, b: dict[str, torch.Tensor], step: int) -> None:
+        with torch.no_grad():  # CLIP clamps the temperature at 100
+            run.unwrapped().logit_scale.clamp_(0, math.log(100))
+
+    def report(self, run: Run):
+        if self.eval_images is None:
+            return None
+        clip = run.ema_copy()
+        return zero_shot_report(clip, self.tokenizer, self.eval_images, self.eval_captions)
+
+    def validate(self, run: Run, step: int) -> None:
+        if run.is_main:
+            r = self.report(run)
+            if r is not None:
+                row = {"step": step, "colour": r["colour"]["accuracy"], "skin_tone": r["skin_tone"]["accuracy"],
+                       "top1": r["retrieval"]["top1"], "top5": r["retrieval"]["top5"]}
+                run.state.setdefault("history", []).append(row)
+                run.log({f"zero_shot/{k}": v for k, v in row.items() if k != "step" and v is not None})
+                logger.info("step %d: zero-shot %s", step, json.dumps(row))
+        run.accelerator.wait_for_everyone()
+
+    def export(self, run: Run) -> dict:
+        """text_encoder/ (the tower, to freeze in the U-Net), tokenizer/, clip/ (the whole model)."""
+        clip = run.ema_copy()
+        final = self.report(run)
+        save_outputs(run.out, clip, self.tokenizer, self.cfg)
+        z = final
+        if z is not None:
+            logger.info("zero-shot on unseen images: colour %s, skin tone %s, image->caption top-1 %.1f%% of %d",
+                        z["colour"]["accuracy"], z["skin_tone"]["accuracy"], 100 * z["retrieval"]["top1"],
+                        z["retrieval"]["n"])
+        return {"train_pairs": self.num_samples, "held_out_colour_shapes": self.held_out_captions,
+                "parameters": sum(p.numel() for p in clip.parameters()),
+                "logit_scale": float(clip.logit_scale.detach().exp()), "zero_shot": final,
+                "history": run.state.get("history", [])}
 
 
-def _load_checkpoint(folder: Path, clip, optimizer, scheduler, generator: torch.Generator) -> int:
-    from safetensors.torch import load_model
-
-    load_model(clip, str(folder / "model.safetensors"), device=str(next(clip.parameters()).device))
-    state = torch.load(folder / "training_state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    return int(state["step"])
-
-
-def save_outputs(output_dir: Path, clip, tokenizer, cfg: ClipConfig, summary: dict) -> None:
-    """text_encoder/, tokenizer/, clip/ (each replaced atomically), config.yaml, summary.json."""
+def save_outputs(output_dir: Path, clip, tokenizer, cfg: ClipTrainConfig) -> None:
+    """text_encoder/, tokenizer/, clip/, each replaced atomically."""
     from latentdiff.io import atomic_dir
 
     with atomic_dir(output_dir / "text_encoder") as tmp:
@@ -313,165 +402,20 @@ def save_outputs(output_dir: Path, clip, tokenizer, cfg: ClipConfig, summary: di
             "resample": 1, "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255,
             "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
             "do_convert_rgb": True}, indent=2))
-    save_config(cfg, output_dir / "config.yaml")
-    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
 
 
-def train(cfg: ClipConfig, output_dir: str | Path, *, device: str = "cpu", max_train_steps: int | None = None,
-          resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
-    """Train the tiny CLIP described by ``cfg`` (with its text tower resolved) and write the outputs.
-    Returns the summary dict (also written to ``summary.json``)."""
-    from tqdm.auto import tqdm
-
-    from latentdiff.tokenizer import build_clip_tokenizer
-
-    assert cfg.text_encoder is not None, "resolve model_config with load_clip_config first"
-    tc = cfg.training
-    if not str(output_dir).strip():
-        raise ValueError("--output-dir is empty, which would write into the current folder; pass a folder")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
-    earlier = [p for p in ("checkpoint", "text_encoder", "clip") if (output_dir / p).exists()]
-    if earlier and not resume and not overwrite:
-        from latentdiff.errors import OutputExistsError
-
-        raise OutputExistsError(
-            f"--output-dir {output_dir} already holds a CLIP run ({', '.join(earlier)}); continue it with --resume, "
-            "choose a new --output-dir, or pass --overwrite-output-dir to replace it")
-    from latentdiff.io import resolve_device
-
-    dev = resolve_device(device)
-    steps = tc.steps if max_train_steps is None else max_train_steps
-    if steps < 1:
-        raise ValueError(f"the number of training steps must be >= 1, got {steps}")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-    # 1. data: every image and caption once, on the device
-    size = cfg.vision.image_size
-    train_set = load_image_set(cfg.dataset, "train", size, progress=progress)
-    keep = [i for i, c in enumerate(train_set.captions)
-            if not (tc.holdout_colour_shapes and _COLOUR_SHAPE_RE.match(c))]
-    kept = set(keep)
-    held_out = [i for i in range(len(train_set)) if i not in kept]
-    if len(keep) < 2:
-        raise ValueError(f"dataset {cfg.dataset!r} has {len(keep)} training images; contrastive training needs >= 2")
-    images = (train_set.images[keep] * 2 - 1).to(dev)  # (N, 3, S, S) in [-1, 1]
-    captions = [train_set.captions[i] for i in keep]
-    tokenizer = build_clip_tokenizer()
-    # Causal attention + EOS pooling: padding to the longest caption gives the same pooled output as
-    # padding to 77, so the text tower sees exactly what the U-Net will feed it.
-    ids = tokenizer(captions, padding="longest", truncation=True, return_tensors="pt").input_ids.to(dev)
-    eval_images, eval_captions = None, []
-    if cfg.eval_split:
-        try:
-            eval_set = load_image_set(cfg.dataset, cfg.eval_split, size, progress=False)
-            eval_images, eval_captions = eval_set.images * 2 - 1, list(eval_set.captions)
-        except (ValueError, FileNotFoundError) as e:
-            logger.warning("no zero-shot metrics: split %r of %s could not be loaded (%s)", cfg.eval_split,
-                           cfg.dataset, e)
-    if held_out:  # held-out training images count as unseen for the colour metric
-        extra = train_set.images[held_out] * 2 - 1
-        eval_images = extra if eval_images is None else torch.cat([eval_images, extra])
-        eval_captions += [train_set.captions[i] for i in held_out]
-    n = len(captions)
-    batch_size = min(tc.batch_size, n)
-
-    # 2. model and optimiser
-    torch.manual_seed(tc.seed)
-    clip = build_clip_model(cfg).to(dev).train()
-    optimizer = torch.optim.AdamW(_param_groups(clip, tc.weight_decay), lr=tc.learning_rate,
-                                  betas=(0.9, tc.adam_beta2), eps=1e-6, fused=dev.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, steps, tc.min_lr_ratio))
-    generator = torch.Generator().manual_seed(tc.seed)
-    start = 0
-    checkpoint = output_dir / "checkpoint"
-    if resume:
-        if not (checkpoint / "training_state.pt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint}; run without --resume to start")
-        start = _load_checkpoint(checkpoint, clip, optimizer, scheduler, generator)
-        logger.info("resumed from %s at step %d", checkpoint, start)
-    autocast = dev.type == "cuda" and tc.mixed_precision == "bf16"
-    n_params = sum(p.numel() for p in clip.parameters())
-    logger.info("CLIP: %.2f M parameters (text %.2f M), %d training pairs, batch %d, %d steps on %s",
-                n_params / 1e6, sum(p.numel() for p in clip.text_model.parameters()) / 1e6, n, batch_size,
-                steps, dev)
-
-    # 3. the loop: epochs of random permutations, cut into batches
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = output_dir / "metrics.jsonl"
-    if not resume:
-        metrics_file.unlink(missing_ok=True)
-    history, perm, pos = [], torch.empty(0, dtype=torch.long), n
-    t0 = time.perf_counter()
-    loss_ema = None
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="clip", disable=not progress)
-    for step in bar:
-        if pos + batch_size > n:
-            perm, pos = torch.randperm(n, generator=generator), 0
-        idx = perm[pos:pos + batch_size].to(dev)
-        pos += batch_size
-        x = random_affine(images[idx], tc.shift, tc.scale_jitter, generator, fill=1.0)  # white border
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss = clip(input_ids=ids[idx], pixel_values=x, return_loss=True).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(clip.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, math.log(100))
-        # an exponential moving average kept on the device: reading it syncs, so only every 10 steps
-        loss_ema = loss.detach().float() if loss_ema is None else loss_ema.lerp(loss.detach().float(), 0.05)
-        done = step + 1
-        if done % 10 == 0 or done == steps:
-            check_finite(done, output_dir, float(loss_ema), hint="lower training.learning_rate",
-                         last_good=checkpoint)
-            bar.set_postfix(loss=f"{float(loss_ema):.3f}", T=f"{float(clip.logit_scale.detach().exp()):.1f}")
-        if eval_images is not None and ((tc.eval_every and done % tc.eval_every == 0) or done == steps):
-            report = zero_shot_report(clip, tokenizer, eval_images, eval_captions)
-            row = {"step": done, "seconds": round(time.perf_counter() - t0, 1), "loss": round(float(loss_ema), 4),
-                   "colour": report["colour"]["accuracy"], "skin_tone": report["skin_tone"]["accuracy"],
-                   "top1": report["retrieval"]["top1"], "top5": report["retrieval"]["top5"]}
-            history.append(row)
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.write(json.dumps(row))
-        if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps:
-            check_finite(done, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",
-                         last_good=checkpoint)
-            _save_checkpoint(checkpoint, clip, optimizer, scheduler, done, generator)
-    bar.close()
-    seconds = time.perf_counter() - t0
-
-    # 4. outputs
-    clip.eval()
-    check_finite(steps, output_dir, modules={"clip": clip}, hint="lower training.learning_rate",  # no NaN export
-                 last_good=checkpoint)
-    _save_checkpoint(checkpoint, clip, optimizer, scheduler, steps, generator)
-    final = zero_shot_report(clip, tokenizer, eval_images, eval_captions) if eval_images is not None else None
-    summary = {
-        "steps": steps, "resumed_from": start, "seconds": round(seconds, 1), "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch_threads": torch.get_num_threads(), "batch_size": batch_size, "train_pairs": n,
-        "held_out_colour_shapes": [train_set.captions[i] for i in held_out],
-        "parameters": n_params, "final_loss": None if loss_ema is None else float(loss_ema), "logit_scale": float(clip.logit_scale.detach().exp()),
-        "zero_shot": final, "history": history,
-    }
-    save_outputs(output_dir, clip, tokenizer, cfg, summary)
-    return summary
+def train(cfg: ClipTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:
+    """Train the tiny CLIP as configured; returns the summary (also in text_encoder/training_summary.json)."""
+    return loop.train(ClipTask(cfg), resume=resume, config_path=config_path, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _print_summary(summary: dict, output_dir: Path) -> None:
+def _print_summary(summary: dict) -> None:
     z = summary["zero_shot"]
-    loss = "–" if summary["final_loss"] is None else f"{summary['final_loss']:.3f}"
-    print(f"\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s on {summary['device_name']}; "
-          f"final loss {loss}; outputs in {output_dir}")
+    print(f"\ntrained {summary['steps']} steps in {summary['wall_time_s']:.0f} s on {summary['device']}; "
+          f"final loss {summary['final_loss']:.3f}; outputs in {Path(summary['output']).parent}")
     if z is None:
         return
     print("\n| zero-shot metric (unseen images) | n | value | chance |\n|---|---|---|---|")
@@ -484,48 +428,31 @@ def _print_summary(summary: dict, output_dir: Path) -> None:
     print(f"| image→caption top-5 | {r['n']} | {r['top5']:.1%} | {min(1, 5 / r['n']):.1%} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="latentdiff train clip",
-        description="Contrastive pre-training of a tiny CLIP (Radford et al. 2021) on image-caption pairs. "
-        "Its text tower has the architecture of the diffusion config's text_encoder and is saved as "
-        "text_encoder/ (a CLIPTextModel) to be frozen in the U-Net; clip/ holds the whole model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""examples:
-  latentdiff train clip --config configs/emoji_clip.yaml --output-dir runs/emoji-clip
+EPILOG = """examples:
+  latentdiff train clip --config configs/emoji_clip.yaml                      # -> runs/clip/text_encoder
   latentdiff train clip --config configs/emoji_clip.yaml --device cuda --output-dir runs/emoji-clip
   latentdiff train clip --config configs/tiny_clip.yaml --max-train-steps 5 --output-dir /tmp/clip
-  latentdiff train clip --config configs/emoji_clip.yaml --set training.holdout_colour_shapes=true
-""",
-    )
-    p.add_argument("--config", required=True, help="YAML config (configs/emoji_clip.yaml, configs/tiny_clip.yaml)")
-    p.add_argument("--output-dir", default="runs/clip", help="output folder (default: runs/clip)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--max-train-steps", type=int, default=None, help="override training.steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
-    p.add_argument("--overwrite-output-dir", action="store_true",
-                   help="start afresh in an OUTPUT_DIR that holds another run (replacing its checkpoint and outputs)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (YAML syntax), e.g. training.learning_rate=5e-4; repeatable")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    import yaml
+  latentdiff train clip --config configs/emoji_clip.yaml --set holdout_colour_shapes=true
+  # a CPU recipe that gets most of it in minutes
+  latentdiff train clip --config configs/emoji_clip.yaml --max-train-steps 300 --set optim.batch_size=256 \\
+      --set optim.lr_warmup_steps=30
+  # continue an interrupted run exactly; multi-GPU
+  latentdiff train clip --config configs/emoji_clip.yaml --resume latest
+  accelerate launch --multi_gpu --num_processes 4 -m latentdiff.train.clip --config configs/emoji_clip.yaml
+"""
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=500")
-        try:
-            overrides[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_clip_config(args.config, overrides)
-    summary = train(cfg, args.output_dir, device=args.device, max_train_steps=args.max_train_steps,
-                    resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite_output_dir)
-    _print_summary(summary, Path(args.output_dir))
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    def train_and_print(cfg, **kw):
+        summary = train(cfg, **kw)
+        if summary:
+            _print_summary(summary)
+        return summary
+
+    return run_main(train_and_print, ClipTrainConfig, argv, "latentdiff train clip",
+                    "Contrastive pre-training of a tiny CLIP (Radford et al. 2021) on image-caption pairs. Its "
+                    "text tower has the architecture of the diffusion config's text_encoder and is saved as "
+                    "text_encoder/ (a CLIPTextModel) to be frozen in the U-Net; clip/ holds the whole model.", EPILOG)
 
 
 if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.clip`
@@ -534,5 +461,5 @@ if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.tra
     module_entry(main)
 
 
-__all__ = ["ClipConfig", "VisionTowerConfig", "ClipTrainingConfig", "load_clip_config", "build_clip_model",
-           "text_encoder_from_clip", "embed_texts", "embed_images", "zero_shot_report", "train", "main"]
+__all__ = ["ClipTrainConfig", "ClipConfig", "VisionTowerConfig", "load_clip_config", "build_clip_model",
+           "text_encoder_from_clip", "embed_texts", "embed_images", "zero_shot_report", "ClipTask", "train", "main"]

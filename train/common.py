@@ -140,6 +140,7 @@ def build_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentP
                    help="start a fresh run in an output_dir that holds another run (its checkpoints are deleted)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted for sections, YAML-typed: --set optim.learning_rate=3e-4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
 
 
@@ -895,6 +896,8 @@ def check_model_source(model: str, init_from: str) -> None:
 def run_main(train_fn, cls, argv, prog, description, epilog) -> int:
     """Parse, load and validate the config (errors before any training), then train."""
     args = build_parser(prog, description, epilog).parse_args(argv)
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it for every bar it makes
     cfg = load_train_config(args, cls)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
