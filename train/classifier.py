@@ -45,12 +45,11 @@ from .common import (
     EMAConfig,
     MixedPrecision,
     OptimConfig,
-    build_parser,
+    run_main,
     cache_key,
     check_loop_settings,
     hash_module,
     load_tensors,
-    load_train_config,
     save_tensors_atomic,
     step_generator,
 )
@@ -491,20 +490,10 @@ EPILOG = """examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser("latentdiff train classifier", DESCRIPTION, EPILOG)
-    p.add_argument("--vae-from", help="override vae_from: pipeline/VAE folder, built-in name (emoji) or Hub repo id")
-    p.add_argument("--dataset", help="override data.source (emoji, an image folder, a datasets name/path)")
-    p.add_argument("--label-column", help="override data.label_column (emoji: group | subgroup)")
-    args = p.parse_args(argv)
-    for flag, key in (("vae_from", "vae_from"), ("dataset", "data.source"), ("label_column", "data.label_column")):
-        if getattr(args, flag) is not None:
-            args.overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
-    cfg = load_train_config(args, ClassifierTrainConfig)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    train(cfg, resume=args.resume, config_path=args.config)
-    return 0
+    return run_main(train, ClassifierTrainConfig, argv, "latentdiff train classifier", DESCRIPTION, EPILOG, flags={
+        "--vae-from": ("vae_from", "override vae_from: pipeline/VAE folder, built-in name (emoji) or Hub repo id"),
+        "--dataset": ("data.source", "override data.source (emoji, an image folder, a datasets name/path)"),
+        "--label-column": ("data.label_column", "override data.label_column (emoji: group | subgroup)")})
 
 
 if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.classifier`

@@ -126,10 +126,12 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 # ----------------------------------------------------------------------------------------------
 
 
-def build_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str, epilog: str, config_required: bool = True) -> argparse.ArgumentParser:
+    """The one command line of every trainer; a trainer may add its own flags to it."""
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training config YAML (see configs/*_vae.yaml, configs/*_unet.yaml)")
+    p.add_argument("--config", required=config_required,
+                   help="training config YAML (see configs/*_vae.yaml, configs/*_unet.yaml); flags override it")
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-train-steps", type=int, help="override optim.max_train_steps")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device (auto: CUDA when available)")
@@ -893,9 +895,19 @@ def check_model_source(model: str, init_from: str) -> None:
         raise FileNotFoundError(f"init_from {init_from}: not a folder (expected a pipeline folder with model_index.json)")
 
 
-def run_main(train_fn, cls, argv, prog, description, epilog) -> int:
-    """Parse, load and validate the config (errors before any training), then train."""
-    args = build_parser(prog, description, epilog).parse_args(argv)
+def run_main(train_fn, cls, argv, prog, description, epilog, flags: dict | None = None) -> int:
+    """Parse, load and validate the config (errors before any training), then train. ``flags``:
+    a trainer's own ``--flag`` → (config key, help), added to the one parser."""
+    import json as _json
+
+    p = build_parser(prog, description, epilog)
+    for flag, (_, text) in (flags or {}).items():
+        p.add_argument(flag, help=text)
+    args = p.parse_args(argv)
+    for flag, (key, _) in (flags or {}).items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            args.overrides.append(f"{key}={_json.dumps(value)}")
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it for every bar it makes
     cfg = load_train_config(args, cls)

@@ -54,6 +54,7 @@ from .common import (
     parse_overrides,
     save_tensors_atomic,
 )
+from .common import build_parser as common_parser
 from .loop import Run
 from .unet import (
     Components,
@@ -584,14 +585,10 @@ Outputs in OUTPUT_DIR/final: pytorch_lora_weights.safetensors (diffusers), NAME_
 
 
 def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="latentdiff train lora",
-        description="Fine-tune a text-to-image pipeline with LoRA (peft) on your own images; the base weights stay "
-                    "frozen. Writes a diffusers-format LoRA and its kohya (A1111/ComfyUI) export.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    p.add_argument("--config", help="training config YAML (e.g. configs/emoji_lora_symbola.yaml); flags override it")
+    p = common_parser(
+        "latentdiff train lora",
+        "Fine-tune a text-to-image pipeline with LoRA (peft) on your own images; the base weights stay frozen. "
+        "Writes a diffusers-format LoRA and its kohya (A1111/ComfyUI) export.", EPILOG, config_required=False)
     p.add_argument("--base", help="pipeline to adapt: built-in name (emoji), diffusers folder or Hub repo id")
     p.add_argument("--data", help="images: a folder (metadata.jsonl / .txt captions / bare images), emoji, "
                                   "emoji_symbola, a .parquet file or a datasets name")
@@ -604,16 +601,8 @@ def build_parser():
     p.add_argument("--text-encoder-lr", type=float, help="learning rate of the text-encoder LoRA (default: --lr)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, help="batch size per process (default 4)")
-    p.add_argument("--max-train-steps", type=int, help="optimizer steps (default 500)")
     p.add_argument("--name", help="adapter name: stem of the kohya export (default lora)")
-    p.add_argument("--output-dir", help="output folder (default runs/lora)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in output_dir, or PATH")
-    p.add_argument("--overwrite-output-dir", action="store_true",
-                   help="start a fresh run in an output_dir that holds another run (its checkpoints are deleted)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, YAML-typed: --set optim.lr_scheduler=cosine")
     return p
 
 
@@ -621,7 +610,7 @@ FLAGS = {"base": "base", "data": "data.source", "instance_prompt": "data.instanc
          "caption_template": "data.caption_template", "rank": "lora.rank", "alpha": "lora.alpha",
          "dropout": "lora.dropout", "text_encoder_lr": "lora.text_encoder_learning_rate", "lr": "optim.learning_rate",
          "batch_size": "optim.batch_size", "max_train_steps": "optim.max_train_steps", "name": "name",
-         "output_dir": "output_dir", "device": "device", "seed": "seed"}
+         "output_dir": "output_dir", "device": "device", "seed": "seed", "num_threads": "cpu_threads"}
 
 
 def config_from_args(args) -> LoraTrainConfig:
@@ -647,7 +636,11 @@ def config_from_args(args) -> LoraTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"
     cfg = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     train(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
