@@ -21,6 +21,7 @@ TRAINERS = {
     "unet": "latentdiff.train.unet",
     "clip": "latentdiff.train.clip",
     "lora": "latentdiff.train.lora",
+    "embedding": "latentdiff.train.embedding",
     "classifier": "latentdiff.train.classifier",
 }
 PNG_KEY = "latentdiff"  # PNG tEXt chunk holding the generation parameters (JSON)

@@ -115,7 +115,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             f"Unknown config key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
             f"allowed keys{' in ' + where if where else ''}: {', '.join(fields)}"
         )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    kwargs = {k: _convert(_over_section_default(fields[k], v), hints[k], f"{where}.{k}".lstrip("."))
+              for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:
@@ -124,6 +125,16 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if validate is not None:
         validate()
     return obj
+
+
+def _over_section_default(f: dataclasses.Field, value):
+    """A section given in part (``optim: {max_train_steps: 6}``) starts from the field's own default
+    (a trainer's ``default_factory``, e.g. LoRA's batch size 4), not from the section class's."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return {**to_dict(default), **value}
+    return value
 
 
 def to_dict(obj) -> dict:

@@ -38,6 +38,7 @@ TRAINERS = {
     "classifier": ("tiny_classifier.yaml", {"vae_from": "{pipe}", "data.max_samples": 32,
                                             "data.max_validation_samples": 8, "validation_steps": 0,
                                             "eval_timesteps": "[0]"}, "final"),
+    "embedding": ("tiny_embedding.yaml", {"base": "{pipe}", "validation_prompts": "[]"}, "final"),
     "clip": ("tiny_clip.yaml", {"data.max_samples": 48, "optim.batch_size": 16, "data.validation_split": ""},
              "text_encoder"),
 }
@@ -61,7 +62,7 @@ def args_for(trainer: str, out: Path, pipe: Path, **extra) -> list[str]:
     config, overrides, _ = TRAINERS[trainer]
     args = ["--config", str(CONFIGS / config), "--output-dir", str(out), "--device", "cpu", "--num-threads", "1"]
     for k, v in {**COMMON, **overrides, **extra}.items():
-        args += ["--set", f"{k}={str(v).format(pipe=pipe)}"]
+        args += ["--set", f"{k}={str(v).replace('{pipe}', str(pipe))}"]
     return args
 
 
@@ -153,3 +154,15 @@ def test_a_bad_config_key_is_one_line_for_every_trainer(trainer, pipe, tmp_path,
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "nonsense" in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_section_given_in_part_keeps_the_trainers_own_defaults(tmp_path):
+    """`train lora --max-train-steps 6` sets optim.max_train_steps only: the rest of the section is
+    LoRA's (batch 4, no weight decay), not the generic OptimConfig's (batch 64, decay 1e-2)."""
+    from latentdiff.config import load_config
+    from latentdiff.train.lora import LoraTrainConfig
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    cfg = load_config(empty, LoraTrainConfig, {"optim.max_train_steps": 6, "data.source": "emoji"})
+    assert (cfg.optim.max_train_steps, cfg.optim.batch_size, cfg.optim.adam_weight_decay) == (6, 4, 0.0)

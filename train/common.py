@@ -909,13 +909,27 @@ def run_main(train_fn, cls, argv, prog, description, epilog, flags: dict | None 
         if value is not None:
             args.overrides.append(f"{key}={_json.dumps(value)}")
     if args.no_progress:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it for every bar it makes
+        disable_progress_bars()
     cfg = load_train_config(args, cls)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in ("accelerate", "accelerate.accelerator", "accelerate.checkpointing"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one line per saved file is noise
     train_fn(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
     return 0
+
+
+def disable_progress_bars() -> None:
+    """``--no-progress``: every tqdm bar of this process (ours, diffusers', transformers') is off.
+    tqdm reads ``TQDM_DISABLE`` when it is imported, which has happened by now; so the default
+    changes too."""
+    import functools
+
+    import tqdm
+    import tqdm.auto
+
+    os.environ["TQDM_DISABLE"] = "1"
+    for cls in {tqdm.tqdm, tqdm.auto.tqdm}:
+        cls.__init__ = functools.partialmethod(cls.__init__, disable=True)
 
 
 def module_entry(main) -> None:

@@ -636,11 +636,11 @@ def config_from_args(args) -> LoraTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
+    from .common import disable_progress_bars
 
     args = build_parser().parse_args(argv)
     if args.no_progress:
-        os.environ["TQDM_DISABLE"] = "1"
+        disable_progress_bars()
     cfg = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     train(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
