@@ -172,14 +172,17 @@ def test_train_load_image_data_reads_every_style_and_suffixes_half():
 
 
 def _fake_tarball(path: Path, package: str = "@iconify-json/twemoji") -> Path:
-    """A tiny Iconify package: a red disc, its mirrored alias, a blank icon and a skin-tone twin."""
+    """A tiny Iconify package: a red disc, its mirrored alias, blank icons and a skin-tone twin."""
     disc = '<circle cx="12" cy="18" r="8" fill="#d00"/><rect x="18" y="4" width="4" height="10" fill="#06c"/>'
     icons = {"prefix": "fake", "width": 36, "height": 36,
-             "icons": {"disc": {"body": disc}, "blank": {"body": '<g fill="none"/>'}},
+             "icons": {"disc": {"body": disc}, "blank": {"body": '<g fill="none"/>'},
+                       "ghost": {"body": '<circle cx="18" cy="18" r="9" fill="#f6f6f6"/>'}},  # no visible ink
              "aliases": {"disc-flipped": {"parent": "disc", "hFlip": True}}}
-    # red apple -> disc, green apple -> the mirrored disc, pear -> blank, tangerine: none;
+    # red apple -> disc, green apple -> the mirrored disc, pear -> blank, lemon -> ghost, tangerine: none,
+    # mango (a test emoji in Noto) -> disc;
     # "waving hand: light skin tone" is drawn like "waving hand" (same icon): same-as-shorter.
-    chars = {"1f34e": "disc", "1f34f": "disc-flipped", "1f350": "blank", "1f44b": "disc-flipped",
+    chars = {"1f34e": "disc", "1f34f": "disc-flipped", "1f350": "blank", "1f34b": "ghost", "1f96d": "disc",
+             "1f44b": "disc-flipped",
              "1f44b-1f3fb": "disc-flipped"}
     with tarfile.open(path, "w:gz") as tar:
         for name, obj in (("icons.json", icons), ("chars.json", chars),
@@ -192,7 +195,7 @@ def _fake_tarball(path: Path, package: str = "@iconify-json/twemoji") -> Path:
 
 
 def _fake_noto(path: Path) -> Path:
-    keep = {"1F34E", "1F34F", "1F350", "1F34A", "1F44B", "1F44B 1F3FB"}
+    keep = {"1F34E", "1F34F", "1F350", "1F34A", "1F34B", "1F96D", "1F44B", "1F44B 1F3FB"}
     rows = [r for r in _rows("noto") if r["codepoints"] in keep]
     assert len(rows) == len(keep)
     build_mod.write_parquet(rows, path)
@@ -208,12 +211,14 @@ def test_build_iconify_style_is_deterministic_and_drops_what_it_cannot_draw(tmp_
     a, b = (tmp_path / "a" / "emoji.parquet").read_bytes(), (tmp_path / "b" / "emoji.parquet").read_bytes()
     assert a == b
     rows = {r["codepoints"]: r for r in pq.read_table(tmp_path / "a" / "emoji.parquet").to_pylist()}
-    assert sorted(rows) == ["1F34E", "1F34F", "1F44B"]  # pear blank, tangerine absent, skin tone ignored
+    assert sorted(rows) == ["1F34E", "1F34F", "1F44B", "1F96D"]  # pear, lemon blank; tangerine absent;
+    # the skin tone ignored
     readme = (tmp_path / "a" / "README.md").read_text(encoding="utf-8")
-    assert "not-in-set: 1" in readme and "blank: 1" in readme and "same-as-shorter: 1" in readme
+    assert "not-in-set: 1" in readme and "blank: 2" in readme and "same-as-shorter: 1" in readme
     noto_rows = {r["codepoints"]: r for r in pq.read_table(noto).to_pylist()}
     for cp, r in rows.items():
         assert r["style"] == "twemoji" and r["split"] == noto_rows[cp]["split"] and r["text"] == noto_rows[cp]["text"]
+    assert rows["1F96D"]["split"] == "test" and rows["1F34E"]["split"] == "train"
     apple = np.asarray(Image.open(io.BytesIO(rows["1F34E"]["image"]["bytes"])).convert("RGB"), dtype=int)
     mirrored = np.asarray(Image.open(io.BytesIO(rows["1F34F"]["image"]["bytes"])).convert("RGB"), dtype=int)
     assert np.abs(apple[:, ::-1] - mirrored).mean() < 2 < np.abs(apple - mirrored).mean()  # the alias's hFlip
