@@ -248,3 +248,13 @@ def test_shipped_style_matches_a_fresh_build_of_its_first_rows(style, tmp_path):
     shipped = {r["codepoints"]: r["image"]["bytes"] for r in _rows(style)}
     fresh = pq.read_table(out / "emoji.parquet").to_pylist()
     assert fresh and all(shipped[r["codepoints"]] == r["image"]["bytes"] for r in fresh)
+
+
+def test_clip_trainer_loader_reads_emoji_all():
+    # train/clip.py reads `dataset: emoji:all` through evaluation.load_image_set -> build_dataset.
+    from latentdiff.evaluation import load_image_set
+
+    plain = load_emoji("test", "all")
+    images = load_image_set("emoji:all", "test", 64)
+    assert images.captions == list(plain["text"]) + [f"{t}, {s} style" for t, s in zip(plain["text"], plain["style"])]
+    assert images.images.shape == (2 * len(plain), 3, 64, 64)
