@@ -20,7 +20,13 @@ import pytest
 from PIL import Image
 
 from latentdiff.config import ConfigError, from_dict
-from latentdiff.data import EMOJI_ALL_STYLES, build_dataset, emoji_parquet_path, emoji_parquet_paths, load_emoji
+from latentdiff.data import (
+    EMOJI_ALL_STYLES,
+    build_dataset,
+    emoji_parquet_path,
+    emoji_parquet_paths,
+    load_emoji,
+)
 from latentdiff.data import build_emoji as build_mod
 
 ICONIFY = ("twemoji", "openmoji", "fluent")
