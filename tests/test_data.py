@@ -16,7 +16,7 @@ from PIL import Image
 from latentdiff.data import DataReport, build_dataset, collate, emoji_parquet_path, load_emoji
 from latentdiff.data import build_emoji as build_mod
 
-EMOJI_COLUMNS = ["image", "text", "group", "subgroup", "codepoints", "split"]
+EMOJI_COLUMNS = ["image", "text", "group", "subgroup", "codepoints", "split", "style"]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -41,13 +41,14 @@ import torch
 import yaml
 
 from latentdiff.config import ConfigError, atomic_write_text, load_config, save_config
+from latentdiff.data.datasets import EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
 
 logger = logging.getLogger("latentdiff.train")
 
-# embedded datasets read straight from their parquet (latentdiff/data/<folder>/emoji.parquet), no `datasets` needed
-_EMBEDDED_FOLDERS = {"emoji": "emoji", "emoji:noto": "emoji", "emoji_symbola": "emoji_symbola",
-                     "emoji:symbola": "emoji_symbola"}
-EMBEDDED_DATASETS = tuple(_EMBEDDED_FOLDERS)
+# embedded datasets read straight from their parquet with pyarrow, no `datasets` needed; the style names
+# come from latentdiff.data's registry (EMOJI_STYLES): emoji, emoji:noto, emoji:twemoji, ..., emoji:all
+_EMBEDDED_STYLES = {"emoji": "noto", "emoji_symbola": "symbola", **{f"emoji:{s}": s for s in EMOJI_STYLES}}
+EMBEDDED_DATASETS = tuple(_EMBEDDED_STYLES)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 CONFIG_FILE = "config.yaml"
@@ -60,7 +61,7 @@ CONFIG_FILE = "config.yaml"
 
 @dataclass
 class DataConfig:
-    source: str = ""                  # "emoji" (embedded), "emoji_symbola", an imagefolder, or a datasets name/path
+    source: str = ""                  # "emoji" (embedded), "emoji:<style>" (symbola, twemoji, openmoji, fluent, all), an imagefolder, or a datasets name/path
     split: str = "train"              # training split
     validation_split: str = "test"    # held-out split for validation loss / PSNR ("" = none)
     image_column: str = "image"
@@ -69,6 +70,7 @@ class DataConfig:
     center_crop: bool = True
     random_flip: bool = False         # off by default: flags and text are not mirror-symmetric
     caption_dropout: float = 0.0      # probability a caption becomes "" (classifier-free guidance)
+    style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
 
@@ -343,9 +345,8 @@ class ImageData:
 
 
 def embedded_parquet(name: str) -> Path:
-    import latentdiff
-
-    return Path(latentdiff.__file__).parent / "data" / _EMBEDDED_FOLDERS[name] / "emoji.parquet"
+    """The Parquet file of a single-style embedded dataset (``emoji:all`` is several: see read_emoji_table)."""
+    return emoji_parquet_path(_EMBEDDED_STYLES[name])
 
 
 def _decode_rgb(png: bytes, resolution: int, center_crop: bool):
@@ -365,12 +366,11 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
     ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
     if d.source in EMBEDDED_DATASETS:
-        import pyarrow.parquet as pq
-
-        path = embedded_parquet(d.source)
-        if not path.is_file():
-            raise FileNotFoundError(f"embedded dataset {d.source!r} not found at {path}; reinstall latentdiff")
-        table = pq.read_table(path, columns=["image", d.caption_column, "split"])
+        style = _EMBEDDED_STYLES[d.source]
+        try:
+            table = read_emoji_table("all", style, columns=["image", d.caption_column, "split"])
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"embedded dataset {d.source!r} not found ({e}); reinstall latentdiff") from None
         splits = table.column("split").to_pylist()
         if split not in set(splits):
             raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
@@ -380,6 +380,11 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
         arrays = [_decode_rgb(images_col[i]["bytes"], resolution, d.center_crop) for i in rows]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         captions = [captions_col[i] or "" for i in rows]
+        if style == "all" and d.style_captions:
+            # each image a second time with its style named: "red apple, twemoji style"
+            styles = table.column("style").to_pylist()
+            images = torch.cat([images, images])
+            captions = captions + [style_caption(c, styles[i]) for c, i in zip(captions, rows)]
     else:
         try:
             from latentdiff.data import build_dataset

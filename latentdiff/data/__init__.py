@@ -12,23 +12,35 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from latentdiff.data.datasets import (
+        EMOJI_ALL_STYLES,
         EMOJI_SPLITS,
+        EMOJI_STYLES,
         DataReport,
         ImageCaptionDataset,
         build_dataset,
         collate,
         emoji_parquet_path,
+        emoji_parquet_paths,
         load_emoji,
+        read_emoji_table,
+        style_caption,
+        with_style_captions,
     )
 
 __all__ = [
+    "EMOJI_ALL_STYLES",
     "EMOJI_SPLITS",
+    "EMOJI_STYLES",
     "DataReport",
     "ImageCaptionDataset",
     "build_dataset",
     "collate",
     "emoji_parquet_path",
+    "emoji_parquet_paths",
     "load_emoji",
+    "read_emoji_table",
+    "style_caption",
+    "with_style_captions",
 ]
 
 

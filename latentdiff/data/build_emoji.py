@@ -14,6 +14,12 @@ Two styles exist:
   Only emoji that *both* fonts draw as a single picture are kept.  Symbola covers
   Unicode 9 and has no ZWJ/skin-tone ligatures, so this is about a third of the set
   and under 2 MB; ``--groups`` can restrict either build to some emoji groups.
+* ``twemoji``, ``openmoji``, ``fluent``: SVG emoji sets from the npm Iconify JSON packages
+  ``@iconify-json/twemoji`` (CC BY 4.0), ``@iconify-json/openmoji`` (CC BY-SA 4.0) and
+  ``@iconify-json/fluent-emoji-flat`` (MIT), fetched with ``npm pack`` and passed as
+  ``--iconify-tarball``; rendered with resvg-py (``pip install 'latentdiff[data]'``) for exactly
+  the rows of the Noto build (same captions, groups and split), written to
+  ``latentdiff/data/emoji_<style>/`` with a ``style`` column.
 
 The output is one Parquet file (``emoji.parquet``, columns ``image`` {bytes, path},
 ``text``, ``group``, ``subgroup``, ``codepoints``, ``split``) that ``datasets``
@@ -26,6 +32,8 @@ Example::
     python -m latentdiff.data.build_emoji                    # Noto -> latentdiff/data/emoji/
     python -m latentdiff.data.build_emoji --style symbola    # Symbola -> latentdiff/data/emoji_symbola/
     python -m latentdiff.data.build_emoji --limit 50 --out /tmp/emoji_small
+    npm pack @iconify-json/twemoji && python -m latentdiff.data.build_emoji --style twemoji \
+        --iconify-tarball iconify-json-twemoji-1.2.5.tgz
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ from PIL import Image, ImageDraw, ImageFont, features
 from latentdiff.io import replace_shared
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_OUT = {"noto": PACKAGE_DIR / "emoji", "symbola": PACKAGE_DIR / "emoji_symbola"}
+DEFAULT_OUT = {"noto": PACKAGE_DIR / "emoji", "symbola": PACKAGE_DIR / "emoji_symbola",
+               "twemoji": PACKAGE_DIR / "emoji_twemoji", "openmoji": PACKAGE_DIR / "emoji_openmoji",
+               "fluent": PACKAGE_DIR / "emoji_fluent"}
 PARQUET_NAME = "emoji.parquet"
 
 # Where Debian puts the inputs; other distributions can pass --font / --emoji-test.
@@ -358,26 +368,31 @@ def assign_splits(entries: Sequence[EmojiEntry], test_fraction: float = TEST_FRA
 # --------------------------------------------------------------------------- output
 
 
-def hf_features_metadata() -> bytes:
+def hf_features_metadata(with_style: bool = False) -> bytes:
     """Schema metadata that makes ``datasets`` read ``image`` as an Image feature."""
     string = {"dtype": "string", "_type": "Value"}
     # mode="RGB": the PNGs are palette/grayscale for size; readers should get RGB.
     feats = {"image": {"_type": "Image", "mode": "RGB"}, "text": string, "group": string, "subgroup": string,
              "codepoints": string, "split": string}
+    if with_style:
+        feats["style"] = string
     return json.dumps({"info": {"features": feats}}, sort_keys=True).encode()
 
 
 def write_parquet(rows: list[dict], path: Path) -> None:
-    """Write rows atomically (temp file in the same folder + ``os.replace``)."""
+    """Write rows atomically (temp file in the same folder + ``os.replace``).
+
+    Rows that carry a ``style`` key (the Iconify styles) get a ``style`` column; the Noto and
+    Symbola files predate it and get theirs at load time.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with_style = bool(rows) and "style" in rows[0]
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema(
-        [("image", image_type), ("text", pa.string()), ("group", pa.string()), ("subgroup", pa.string()),
-         ("codepoints", pa.string()), ("split", pa.string())],
-        metadata={b"huggingface": hf_features_metadata()},
-    )
+    fields = [("image", image_type), ("text", pa.string()), ("group", pa.string()), ("subgroup", pa.string()),
+              ("codepoints", pa.string()), ("split", pa.string())] + ([("style", pa.string())] if with_style else [])
+    schema = pa.schema(fields, metadata={b"huggingface": hf_features_metadata(with_style)})
     table = pa.Table.from_pylist(rows, schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".emoji-", suffix=".parquet.tmp", dir=path.parent)
@@ -615,6 +630,360 @@ def _pyarrow_version() -> str:
     return pyarrow.__version__
 
 
+# --------------------------------------------------------------------------- Iconify SVG styles
+
+
+@dataclass(frozen=True)
+class IconifySet:
+    """An emoji set shipped on npm as an Iconify JSON package (``icons.json`` + ``chars.json``)."""
+
+    package: str  # npm name
+    title: str
+    author: str
+    source_url: str
+    license_title: str  # as the package's info.json states it
+    license_url: str
+    notice: str  # attribution / licence text for LICENSES.md
+
+
+MIT_FLUENT = """\
+MIT License
+
+Copyright (c) Microsoft Corporation.
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE."""
+
+_CHANGES = ("Changes made: each SVG (as packaged by Iconify) was rendered with resvg, cropped to its drawn "
+            "area, centred on a white square, resized to 64×64 pixels and stored as a 256-colour PNG.")
+
+ICONIFY_SETS = {
+    "twemoji": IconifySet(
+        "@iconify-json/twemoji", "Twemoji", "Twitter, Inc. and other contributors", "https://github.com/jdecked/twemoji",
+        "CC BY 4.0", "https://creativecommons.org/licenses/by/4.0/",
+        "Emoji graphics: **Twemoji**, Copyright 2019–2024 Twitter, Inc. and other contributors "
+        "(https://github.com/jdecked/twemoji, formerly https://github.com/twitter/twemoji), licensed under "
+        "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/).  " + _CHANGES + "  The images in this "
+        "dataset are adaptations of Twemoji and are shared under the same CC BY 4.0 licence; keep this "
+        "attribution when you redistribute them or images derived from them."),
+    "openmoji": IconifySet(
+        "@iconify-json/openmoji", "OpenMoji", "OpenMoji (HfG Schwäbisch Gmünd) and contributors",
+        "https://github.com/hfg-gmuend/openmoji", "CC BY-SA 4.0", "https://creativecommons.org/licenses/by-sa/4.0/",
+        "Emoji graphics: **OpenMoji** — \"All emojis designed by OpenMoji – the open-source emoji and icon "
+        "project. License: CC BY-SA 4.0\" (https://openmoji.org, https://github.com/hfg-gmuend/openmoji), "
+        "licensed under CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/).  " + _CHANGES
+        + "\n\n**The images in this dataset (`emoji.parquet`) are adapted material and are licensed under "
+        "CC BY-SA 4.0** (ShareAlike): anything you distribute that adapts them must carry the same licence "
+        "and this attribution.  Only this folder's images are under CC BY-SA; the rest of latentdiff keeps its "
+        "own licence."),
+    "fluent": IconifySet(
+        "@iconify-json/fluent-emoji-flat", "Fluent Emoji (flat)", "Microsoft Corporation",
+        "https://github.com/microsoft/fluentui-emoji", "MIT",
+        "https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE",
+        "Emoji graphics: **Fluent Emoji**, flat variant, Copyright (c) Microsoft Corporation "
+        "(https://github.com/microsoft/fluentui-emoji), under the MIT License below.  " + _CHANGES
+        + "\n\n```text\n" + MIT_FLUENT + "\n```"),
+}
+ICONIFY_RENDER_SIZE = 256  # render 4× the output size, then crop and LANCZOS-downscale like the font styles
+INK_MIN_FRACTION = 0.01  # a rendering with under 1% non-white pixels is treated as blank
+
+
+@dataclass
+class IconifyData:
+    icons: dict
+    aliases: dict
+    chars: dict[str, str]
+    width: int
+    height: int
+    left: int
+    top: int
+    package: str
+    version: str
+    tarball_sha256: str
+
+
+def read_iconify_tarball(path: str | os.PathLike) -> IconifyData:
+    """Read ``icons.json``, ``chars.json`` and ``package.json`` from an ``npm pack`` tarball."""
+    import tarfile
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"Iconify tarball not found at {p}; fetch it with `npm pack <package>`")
+    try:
+        with tarfile.open(p) as tar:
+            def member(name: str) -> dict:
+                f = tar.extractfile(f"package/{name}")
+                if f is None:
+                    raise KeyError(name)
+                return json.load(f)
+
+            icons, chars, pkg = member("icons.json"), member("chars.json"), member("package.json")
+    except (tarfile.TarError, KeyError) as e:
+        raise ValueError(f"{p} is not an Iconify JSON npm tarball (needs package/icons.json, chars.json, "
+                         f"package.json): {e}") from None
+    return IconifyData(icons["icons"], icons.get("aliases", {}), chars, int(icons.get("width", 16)),
+                       int(icons.get("height", 16)), int(icons.get("left", 0)), int(icons.get("top", 0)),
+                       pkg["name"], pkg["version"], sha256_file(p))
+
+
+def iconify_key(data: IconifyData, codepoints: str) -> str | None:
+    """The icon name ``chars.json`` gives a sequence (tried as is, then without U+FE0F), or None."""
+    cps = codepoints.lower().split()
+    for key in ("-".join(cps), "-".join(c for c in cps if c != "fe0f")):
+        if key in data.chars:
+            return data.chars[key]
+    return None
+
+
+def iconify_svg(data: IconifyData, name: str, px: int) -> tuple[str, str]:
+    """``(svg document, resolved icon name)`` for icon/alias ``name``, ``px`` pixels on its longer side."""
+    hflip = vflip = False
+    rotate = 0
+    seen = set()
+    while name in data.aliases and name not in data.icons:
+        if name in seen:
+            raise ValueError(f"alias loop at {name!r}")
+        seen.add(name)
+        a = data.aliases[name]
+        hflip ^= bool(a.get("hFlip", False))
+        vflip ^= bool(a.get("vFlip", False))
+        rotate += int(a.get("rotate", 0))
+        name = a["parent"]
+    icon = data.icons[name]
+    hflip ^= bool(icon.get("hFlip", False))
+    vflip ^= bool(icon.get("vFlip", False))
+    rotate += int(icon.get("rotate", 0))
+    w, h = int(icon.get("width", data.width)), int(icon.get("height", data.height))
+    left, top = int(icon.get("left", data.left)), int(icon.get("top", data.top))
+    body = icon["body"]
+    transforms = []
+    if hflip:
+        transforms.append(f"translate({2 * left + w} 0) scale(-1 1)")
+    if vflip:
+        transforms.append(f"translate(0 {2 * top + h}) scale(1 -1)")
+    if rotate % 4:
+        transforms.append(f"rotate({90 * (rotate % 4)} {left + w / 2} {top + h / 2})")
+    if transforms:
+        body = f'<g transform="{" ".join(transforms)}">{body}</g>'
+    scale = px / max(w, h)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'width="{round(w * scale)}" height="{round(h * scale)}" viewBox="{left} {top} {w} {h}">{body}</svg>',
+            name + (f"|h{int(hflip)}v{int(vflip)}r{rotate % 4}" if hflip or vflip or rotate % 4 else ""))
+
+
+def render_svg(svg: str, out_size: int) -> Image.Image | None:
+    """Rasterise with resvg, crop to the drawn area, centre on white, LANCZOS to ``out_size``; None if blank."""
+    try:
+        import resvg_py
+    except ImportError as e:
+        raise ValueError("rendering the Iconify styles needs resvg-py: pip install 'latentdiff[data]'") from e
+    png = bytes(resvg_py.svg_to_bytes(svg_string=svg, skip_system_fonts=True))
+    rgba = Image.open(io.BytesIO(png)).convert("RGBA")
+    # Same cropping as the font styles: ignore faint anti-aliasing dust.
+    bbox = rgba.getchannel("A").point(lambda a: 255 if a > 8 else 0).getbbox()
+    if bbox is None:
+        return None
+    glyph = rgba.crop(bbox)
+    side = max(glyph.size)
+    square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
+    rgb = square.convert("RGB").resize((out_size, out_size), Image.Resampling.LANCZOS)
+    return rgb if ink_fraction(rgb) >= INK_MIN_FRACTION else None
+
+
+def ink_fraction(image: Image.Image) -> float:
+    """Share of pixels that are not (near) white."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return float(((255 - a).max(axis=-1) > 24).mean())
+
+
+def read_noto_rows(path: str | os.PathLike | None = None) -> list[dict]:
+    """The Noto rows (caption, group, subgroup, code points, split) the Iconify styles follow."""
+    import pyarrow.parquet as pq
+
+    p = Path(path) if path else DEFAULT_OUT["noto"] / PARQUET_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"Noto dataset not found at {p}; build it first (python -m latentdiff.data.build_emoji)")
+    return pq.read_table(p, columns=["text", "group", "subgroup", "codepoints", "split"]).to_pylist()
+
+
+def build_iconify(*, style: str, tarball: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                  noto_parquet: str | os.PathLike | None = None, size: int = 64, limit: int | None = None,
+                  quiet: bool = False) -> Path:
+    """Render an Iconify emoji set for exactly the emoji (captions, groups, split) of the Noto dataset."""
+    spec = ICONIFY_SETS[style]
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    data = read_iconify_tarball(tarball)
+    if data.package != spec.package:
+        raise ValueError(f"{tarball} is {data.package}, but --style {style} needs {spec.package}")
+    noto = read_noto_rows(noto_parquet)
+    if limit is not None:
+        noto = noto[:limit]
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT[style]
+    log(f"rendering {len(noto)} emoji from {data.package} {data.version} ...")
+    dropped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    rows, psnrs = [], []
+    for r in noto:
+        cps = r["codepoints"]
+        key = iconify_key(data, cps)
+        reason = ""
+        if key is None:
+            reason = "not-in-set"
+        else:
+            img = render_svg(iconify_svg(data, key, ICONIFY_RENDER_SIZE)[0], size)
+            if img is None:
+                reason = "blank"
+        if reason:
+            dropped[reason] += 1
+            examples.setdefault(reason, []).append(f"{cps} ({r['text']})")
+            continue
+        png, quality = encode_png(img, style)
+        psnrs.append(quality)
+        rows.append({"image": {"bytes": png, "path": cps.replace(" ", "_") + ".png"}, "text": r["text"],
+                     "group": r["group"], "subgroup": r["subgroup"], "codepoints": cps, "split": r["split"],
+                     "style": style})
+    # A sequence drawn pixel-identical to a shorter one lost its modifiers (e.g. "woman wearing turban"
+    # drawn as "person wearing turban", "family: man, woman, boy" as "family"): its caption would name
+    # something not in the picture.  Same-length twins ("flag: Norway" / "flag: Bouvet Island") stay.
+    shortest: dict[bytes, int] = {}
+    for row in rows:
+        n = len(row["codepoints"].split())
+        shortest[row["image"]["bytes"]] = min(n, shortest.get(row["image"]["bytes"], n))
+    kept = []
+    for row, quality in zip(rows, psnrs):
+        if len(row["codepoints"].split()) > shortest[row["image"]["bytes"]]:
+            dropped["same-as-shorter"] += 1
+            examples.setdefault("same-as-shorter", []).append(f"{row['codepoints']} ({row['text']})")
+        else:
+            kept.append((row, quality))
+    rows, psnrs = [r for r, _ in kept], [q for _, q in kept]
+    if not rows:
+        raise ValueError(f"no emoji of {data.package} matched the Noto dataset")
+    out.mkdir(parents=True, exist_ok=True)
+    parquet = out / PARQUET_NAME
+    write_parquet(rows, parquet)
+    readme_path = out / "README.md"
+    measured = _measured_section(readme_path.read_text(encoding="utf-8")) if readme_path.is_file() else ""
+    write_text_atomic(readme_path, iconify_readme(
+        style=style, spec=spec, data=data, rows=rows, considered=len(noto), limit=limit, dropped=dropped,
+        examples=examples, size=size, parquet_sha=sha256_file(parquet), parquet_bytes=parquet.stat().st_size,
+        psnrs=psnrs, measured=measured))
+    write_text_atomic(out / "LICENSES.md", iconify_licenses(spec, data))
+    n_test = sum(r["split"] == "test" for r in rows)
+    log(f"wrote {parquet}: {len(rows)} rows (train {len(rows) - n_test}, test {n_test}), "
+        f"{parquet.stat().st_size / 1e6:.2f} MB; dropped {dict(dropped)}")
+    return parquet
+
+
+MEASURED_BEGIN, MEASURED_END = "<!-- measured:begin -->", "<!-- measured:end -->"
+
+
+def _measured_section(text: str) -> str:
+    """The hand-measured block of an existing README (kept across rebuilds), or ""."""
+    start, end = text.find(MEASURED_BEGIN), text.find(MEASURED_END)
+    return text[start:end + len(MEASURED_END)] if 0 <= start < end else ""
+
+
+def iconify_licenses(spec: IconifySet, data: IconifyData) -> str:
+    return "\n".join([
+        f"# Licenses of the emoji dataset ({spec.title})\n",
+        "The images are renderings of an emoji set's SVG drawings; the captions are Unicode/CLDR emoji names.\n",
+        f"## Images: {spec.title} ({spec.license_title})\n",
+        spec.notice + "\n",
+        f"Licence: {spec.license_title}, {spec.license_url}.  Source of the drawings: {spec.source_url}, as packaged "
+        f"in the npm package `{data.package}` {data.version} by Iconify (https://github.com/iconify/icon-sets), "
+        "whose package carries the same licence.\n",
+        "## Captions: Unicode emoji data (Unicode License v3)\n", UNICODE_NOTICE + "\n",
+        "```text\n" + UNICODE_LICENSE_V3.rstrip() + "\n```\n",
+    ])
+
+
+def iconify_readme(*, style: str, spec: IconifySet, data: IconifyData, rows: list[dict], considered: int,
+                   limit: int | None, dropped: Counter, examples: dict, size: int, parquet_sha: str,
+                   parquet_bytes: int, psnrs: Sequence[float], measured: str) -> str:
+    import resvg_py
+
+    n_test = sum(r["split"] == "test" for r in rows)
+    finite = [p for p in psnrs if math.isfinite(p)]
+    by_group = Counter(r["group"] for r in rows)
+    reasons = {"not-in-set": "the set's chars.json has no icon for these code points",
+               "same-as-shorter": "drawn pixel-identical to an emoji with fewer code points (the set ignored "
+                                  "a modifier, so the caption would name something not in the picture)",
+               "blank": f"the rendering has under {INK_MIN_FRACTION:.0%} non-white pixels"}
+    tgz = f"{data.package.lstrip('@').replace('/', '-')}-{data.version}.tgz"
+    lines = [
+        f"# Emoji dataset ({style})\n",
+        f"{len(rows)} captioned {size}×{size} RGB images of Unicode emoji drawn by {spec.title} "
+        f"({spec.license_title}, see `LICENSES.md`), for the same emoji, captions, groups and train/test split as "
+        "the Noto dataset (`../emoji/`).  Each SVG is rendered with resvg at "
+        f"{ICONIFY_RENDER_SIZE} px, cropped to its drawn area, centred on a white square and resized with LANCZOS, "
+        "like the font styles.\n",
+        f"File: `{PARQUET_NAME}` ({parquet_bytes:,} bytes, sha256 `{parquet_sha}`).\n",
+        "Images are stored as 256-colour palette PNGs (FASTOCTREE, exact white kept) like the Noto set; PSNR "
+        f"against the RGB rendering: mean {sum(finite) / max(len(finite), 1):.1f} dB, "
+        f"min {min(finite, default=math.inf):.1f} dB.\n",
+        "Columns: those of the Noto set (`image`, `text`, `group`, `subgroup`, `codepoints`, `split`) plus "
+        f"`style` (`\"{style}\"`).  Load with `latentdiff.data.load_emoji(split, style=\"{style}\")` "
+        f"(or `style=\"all\"`: noto + twemoji + openmoji + fluent); train with `data.source: emoji:{style}` "
+        "or `emoji:all`.\n",
+        "## Counts\n",
+        f"- Noto rows considered: {considered}" + (f" (first {limit} only: `--limit {limit}`)" if limit else ""),
+        f"- rows: {len(rows)} (train {len(rows) - n_test}, test {n_test}); coverage "
+        f"{len(rows) / max(considered, 1):.1%} of the Noto captions",
+        f"- dropped: {sum(dropped.values())}",
+    ]
+    for reason, count in sorted(dropped.items()):
+        ex = ", ".join(examples.get(reason, [])[:3])
+        lines.append(f"  - {reason}: {count} — {reasons[reason]}" + (f"; e.g. {ex}" if ex else ""))
+    lines += ["", "Code points are looked up in `chars.json` as written in emoji-test.txt, then without U+FE0F.",
+              "", "Rows per group:\n"]
+    lines += [f"- {g}: {n}" for g, n in sorted(by_group.items())]
+    lines += [
+        "\n## Split\n",
+        "Every row has the split of the Noto row with the same code points (the Noto rule: stratified by "
+        "subgroup, 10% test, `sha256(codepoints)` order; see `../emoji/README.md`), so an emoji is a test emoji "
+        "in every style.\n",
+    ]
+    if measured:
+        lines += [measured, ""]
+    lines += [
+        "## Rebuild\n",
+        "```sh",
+        f"npm pack {data.package}@{data.version}   # in a scratch folder, gives {tgz}",
+        "pip install 'latentdiff[data]'            # resvg-py",
+        f"python -m latentdiff.data.build_emoji --style {style} --iconify-tarball {tgz}",
+        "```\n",
+        "The build reads the Noto rows from `latentdiff/data/emoji/emoji.parquet` (captions, groups, split) and is "
+        "deterministic: with the same inputs and versions the Parquet file is byte-identical.  It is written "
+        "atomically (temporary file + `os.replace`).\n",
+        "Inputs and versions used for this build:\n",
+        f"- npm `{data.package}` {data.version} (tarball sha256 `{data.tarball_sha256}`)",
+        f"- resvg-py {resvg_py.__version__} (resvg {getattr(resvg_py, '__resvg_version__', 'unknown')})",
+        f"- Pillow {Image.__version__}",
+        f"- pyarrow {_pyarrow_version()}",
+        "\nLicenses: see `LICENSES.md`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -634,7 +1003,8 @@ def render_all(entries: Sequence[EmojiEntry], renderer: GlyphRenderer, size: int
 
 def build(*, style: str = "noto", out_dir: str | os.PathLike | None = None, font: str | None = None,
           noto_font: str | None = None, emoji_test: str | None = None, size: int = 64,
-          limit: int | None = None, groups: Sequence[str] | None = None, quiet: bool = False) -> Path:
+          limit: int | None = None, groups: Sequence[str] | None = None, quiet: bool = False,
+          iconify_tarball: str | os.PathLike | None = None, noto_parquet: str | os.PathLike | None = None) -> Path:
     """Build the dataset; returns the path of the Parquet file."""
     if style not in DEFAULT_OUT:
         raise ValueError(f"unknown style {style!r}; choose one of {sorted(DEFAULT_OUT)}")
@@ -642,6 +1012,16 @@ def build(*, style: str = "noto", out_dir: str | os.PathLike | None = None, font
         raise ValueError(f"--size must be at least 8, got {size}")
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit must be positive, got {limit}")
+    if style in ICONIFY_SETS:
+        if not iconify_tarball:
+            raise ValueError(f"--style {style} needs --iconify-tarball PATH (`npm pack {ICONIFY_SETS[style].package}`)")
+        if groups or font or noto_font or emoji_test:
+            raise ValueError(f"--style {style} follows the Noto rows; --groups/--font/--noto-font/--emoji-test "
+                             "do not apply")
+        return build_iconify(style=style, tarball=iconify_tarball, out_dir=out_dir, noto_parquet=noto_parquet,
+                             size=size, limit=limit, quiet=quiet)
+    if iconify_tarball:
+        raise ValueError(f"--iconify-tarball is for the styles {sorted(ICONIFY_SETS)}, not {style}")
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT[style]
     emoji_test_path = find_emoji_test(emoji_test)
     entries = parse_emoji_test(emoji_test_path)
@@ -723,11 +1103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Render Unicode emoji into a captioned image dataset (Parquet + README + LICENSES).",
         epilog="example:\n  python -m latentdiff.data.build_emoji\n"
                "  python -m latentdiff.data.build_emoji --style symbola\n"
+               "  python -m latentdiff.data.build_emoji --style twemoji --iconify-tarball iconify-json-twemoji-1.2.5.tgz\n"
                "  python -m latentdiff.data.build_emoji --limit 100 --out /tmp/emoji_small",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--style", choices=sorted(DEFAULT_OUT), default="noto",
-                        help="noto: color emoji (default); symbola: monochrome line art for the LoRA style demo")
+                        help="noto: color emoji (default); symbola: monochrome line art for the LoRA style demo; "
+                             "twemoji/openmoji/fluent: SVG sets from npm Iconify packages (need --iconify-tarball)")
+    parser.add_argument("--iconify-tarball", default=None,
+                        help="`npm pack` tarball of the style's Iconify JSON package, e.g. "
+                             "iconify-json-twemoji-1.2.5.tgz (styles twemoji, openmoji, fluent)")
+    parser.add_argument("--noto-parquet", default=None,
+                        help="Noto dataset whose rows (captions, split) the Iconify styles follow "
+                             "(default: latentdiff/data/emoji/emoji.parquet)")
     parser.add_argument("--out", default=None,
                         help="output folder (default: latentdiff/data/emoji or latentdiff/data/emoji_symbola)")
     parser.add_argument("--font", default=None, help="font file for the chosen style (default: the Debian package's)")
@@ -746,7 +1134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
     try:
         build(style=args.style, out_dir=args.out, font=args.font, noto_font=args.noto_font,
-              emoji_test=args.emoji_test, size=args.size, limit=args.limit, groups=groups, quiet=args.quiet)
+              emoji_test=args.emoji_test, size=args.size, limit=args.limit, groups=groups, quiet=args.quiet,
+              iconify_tarball=args.iconify_tarball, noto_parquet=args.noto_parquet)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

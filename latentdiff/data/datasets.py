@@ -2,7 +2,9 @@
 
 :func:`build_dataset` turns any of these sources into an :class:`ImageCaptionDataset`:
 
-* ``"emoji"`` / ``"emoji:symbola"`` — the Parquet files shipped in ``latentdiff/data/``;
+* ``"emoji"`` / ``"emoji:<style>"`` — the Parquet files shipped in ``latentdiff/data/``
+  (styles noto, symbola, twemoji, openmoji, fluent; ``"emoji:all"`` = the four colour styles,
+  each image with its plain and its "<name>, <style> style" caption);
 * a folder in the ``imagefolder`` convention with ``metadata.jsonl`` lines
   ``{"file_name": "a.png", "text": "a caption", ...}`` (as the diffusers examples use);
 * a folder of images with sidecar captions ``a.png`` + ``a.txt`` (kohya convention,
@@ -46,10 +48,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("latentdiff.data")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The one registry of shipped emoji styles: style name -> Parquet file (folder latentdiff/data/<folder>/).
 EMOJI_PARQUET = {
     "noto": PACKAGE_DIR / "emoji" / "emoji.parquet",
     "symbola": PACKAGE_DIR / "emoji_symbola" / "emoji.parquet",
+    "twemoji": PACKAGE_DIR / "emoji_twemoji" / "emoji.parquet",
+    "openmoji": PACKAGE_DIR / "emoji_openmoji" / "emoji.parquet",
+    "fluent": PACKAGE_DIR / "emoji_fluent" / "emoji.parquet",
 }
+# style="all": the colour styles of the same captions.  Symbola (monochrome line art) stays out: it is
+# the style a LoRA learns in the fine-tuning demo.
+EMOJI_ALL_STYLES = ("noto", "twemoji", "openmoji", "fluent")
+EMOJI_STYLES = (*EMOJI_PARQUET, "all")
 EMOJI_SPLITS = ("train", "test", "all")
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -65,22 +75,74 @@ _MAX_EXAMPLES = 5  # offending file names remembered per reason, for the summary
 # --------------------------------------------------------------------------- shipped emoji
 
 
+def emoji_styles(style: str) -> tuple[str, ...]:
+    """The single styles ``style`` stands for: ``("noto",)`` for "noto", :data:`EMOJI_ALL_STYLES` for "all"."""
+    if style not in EMOJI_STYLES:
+        raise ValueError(f"unknown emoji style {style!r}; allowed: {list(EMOJI_STYLES)}")
+    return EMOJI_ALL_STYLES if style == "all" else (style,)
+
+
+def emoji_parquet_paths(style: str = "noto") -> list[Path]:
+    """The shipped Parquet files of ``style`` (one, or four for "all")."""
+    paths = []
+    for s in emoji_styles(style):
+        path = EMOJI_PARQUET[s]
+        if not path.is_file():
+            flag = "" if s == "noto" else f" --style {s}"
+            raise FileNotFoundError(f"{path} is missing; build it with `python -m latentdiff.data.build_emoji{flag}`")
+        paths.append(path)
+    return paths
+
+
 def emoji_parquet_path(style: str = "noto") -> Path:
-    """Path of the shipped emoji Parquet file for ``style`` ("noto" or "symbola")."""
-    if style not in EMOJI_PARQUET:
-        raise ValueError(f"unknown emoji style {style!r}; allowed: {sorted(EMOJI_PARQUET)}")
-    path = EMOJI_PARQUET[style]
-    if not path.is_file():
-        flag = "" if style == "noto" else " --style symbola"
-        raise FileNotFoundError(f"{path} is missing; build it with `python -m latentdiff.data.build_emoji{flag}`")
-    return path
+    """Path of the shipped emoji Parquet file for one style (see :data:`EMOJI_PARQUET`)."""
+    if style == "all":
+        raise ValueError(f"emoji style 'all' is {len(EMOJI_ALL_STYLES)} files ({', '.join(EMOJI_ALL_STYLES)}); "
+                         "use emoji_parquet_paths('all') or load_emoji(split, 'all')")
+    return emoji_parquet_paths(style)[0]
+
+
+def style_caption(text: str, style: str) -> str:
+    """The style-suffixed caption: ``"red apple, twemoji style"``."""
+    return f"{text}, {style} style"
+
+
+def read_emoji_table(split: str = "train", style: str = "noto", columns: Sequence[str] | None = None):
+    """The shipped emoji rows of ``split`` as one :class:`pyarrow.Table` with a ``style`` column.
+
+    Noto and Symbola files predate the column and get it here; for "all" the styles' tables are
+    concatenated in :data:`EMOJI_ALL_STYLES` order.  ``columns`` reads only those (plus ``style``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if split not in EMOJI_SPLITS:
+        raise ValueError(f"unknown emoji split {split!r}; allowed: {list(EMOJI_SPLITS)}")
+    filters = None if split == "all" else [("split", "==", split)]
+    tables = []
+    for s, path in zip(emoji_styles(style), emoji_parquet_paths(style)):
+        cols = None if columns is None else [c for c in columns if c != "style"]
+        if cols is not None and "style" in pq.read_schema(path).names:
+            cols.append("style")
+        table = pq.read_table(path, columns=cols, filters=filters)
+        if "style" not in table.column_names:
+            table = table.append_column("style", pa.array([s] * table.num_rows, pa.string()))
+        tables.append(table.replace_schema_metadata(None))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    feats = json.loads(pq.read_schema(EMOJI_PARQUET[emoji_styles(style)[0]]).metadata[b"huggingface"])
+    feats["info"]["features"]["style"] = {"dtype": "string", "_type": "Value"}
+    feats["info"]["features"] = {k: v for k, v in feats["info"]["features"].items() if k in table.column_names}
+    return table.replace_schema_metadata({b"huggingface": json.dumps(feats, sort_keys=True).encode()})
 
 
 def load_emoji(split: str = "train", style: str = "noto") -> datasets.Dataset:
     """The shipped emoji dataset as a :class:`datasets.Dataset`.
 
     Columns: ``image`` (decoded as an RGB PIL image), ``text`` (CLDR name, the caption),
-    ``group``, ``subgroup``, ``codepoints``, ``split``.  ``split`` is "train", "test" or "all".
+    ``group``, ``subgroup``, ``codepoints``, ``split``, ``style``.  ``split`` is "train", "test"
+    or "all"; ``style`` one of :data:`EMOJI_STYLES`: "noto" (default), "symbola", "twemoji",
+    "openmoji", "fluent", or "all" (noto + twemoji + openmoji + fluent, one row per image with
+    its plain caption).  Every style has the same split for the same code points.
 
     The Parquet file is read with pyarrow and wrapped in memory (a few MB) rather than via
     ``Dataset.from_parquet``, which would copy it into the Hugging Face cache on every new
@@ -88,15 +150,22 @@ def load_emoji(split: str = "train", style: str = "noto") -> datasets.Dataset:
     from the file's schema metadata either way.
     """
     import datasets
-    import pyarrow.parquet as pq
     from datasets.table import InMemoryTable
 
-    if split not in EMOJI_SPLITS:
-        raise ValueError(f"unknown emoji split {split!r}; allowed: {list(EMOJI_SPLITS)}")
-    path = emoji_parquet_path(style)
-    filters = None if split == "all" else [("split", "==", split)]
-    table = pq.read_table(path, filters=filters)
+    table = read_emoji_table(split, style)
     return datasets.Dataset(InMemoryTable(table), split=None if split == "all" else datasets.NamedSplit(split))
+
+
+def with_style_captions(table):
+    """Every row of a :func:`read_emoji_table` table twice: first all rows with their plain caption,
+    then all again with :func:`style_caption` ("red apple, twemoji style"), so half the rows name
+    their style and a plain prompt is trained on every style."""
+    import pyarrow as pa
+
+    texts, styles = table.column("text").to_pylist(), table.column("style").to_pylist()
+    suffixed = table.set_column(table.column_names.index("text"), "text",
+                                pa.array([style_caption(t, s) for t, s in zip(texts, styles)], pa.string()))
+    return pa.concat_tables([table, suffixed])
 
 
 # --------------------------------------------------------------------------- report
@@ -349,7 +418,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def __init__(self, source: str, *, split: str | None = None, image_column: str = "image",
                  caption_column: str | None = "text", label_columns: Sequence[str] = (), resolution: int = 64,
                  center_crop: bool = True, random_flip: bool = False, caption_dropout: float = 0.0,
-                 instance_prompt: str | None = None, seed: int = 0):
+                 instance_prompt: str | None = None, seed: int = 0, style_captions: bool = True):
         if isinstance(label_columns, str):
             label_columns = (label_columns,)
         if resolution <= 0:
@@ -363,6 +432,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             raise ValueError("instance_prompt is empty; pass a prompt such as 'a photo of sks dog' or leave it out")
 
         self.source = str(source)
+        self.style_captions = bool(style_captions)
         self.resolution = int(resolution)
         self.center_crop = center_crop
         self.random_flip = random_flip
@@ -395,7 +465,14 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def _load_emoji(self, style: str, split: str | None) -> None:
         split = split or "train"
         self._expected_modes = frozenset({"P", "L"})  # storage format of the shipped PNGs
-        ds = load_emoji(split, style)
+        if style == "all" and self.style_captions:
+            import datasets
+            from datasets.table import InMemoryTable
+
+            table = with_style_captions(read_emoji_table(split, style))
+            ds = datasets.Dataset(InMemoryTable(table), split=datasets.NamedSplit(split) if split != "all" else None)
+        else:
+            ds = load_emoji(split, style)
         # Ids from the full file, so "train" and "test" agree on what label 3 means.
         vocab_source = load_emoji("all", style) if self.label_columns else None
         self._from_hf_dataset(ds, vocab_sources=[vocab_source] if vocab_source is not None else [])
@@ -761,9 +838,9 @@ def _classify_source(source: str) -> tuple[str, str]:
     """Return (kind, target): emoji | folder | disk | parquet | datadir | hub."""
     if source == "emoji" or source.startswith("emoji:"):
         style = source.partition(":")[2] or "noto"
-        if style not in EMOJI_PARQUET:
+        if style not in EMOJI_STYLES:
             raise ValueError(f"unknown emoji style in {source!r}; allowed: "
-                             f"{['emoji'] + [f'emoji:{s}' for s in EMOJI_PARQUET]}")
+                             f"{['emoji'] + [f'emoji:{s}' for s in EMOJI_STYLES]}")
         return "emoji", style
     path = Path(source).expanduser()
     if path.is_file():
@@ -792,11 +869,13 @@ def _classify_source(source: str) -> tuple[str, str]:
 def build_dataset(source: str, *, split: str | None = None, image_column: str = "image",
                   caption_column: str | None = "text", label_columns: Sequence[str] = (), resolution: int = 64,
                   center_crop: bool = True, random_flip: bool = False, caption_dropout: float = 0.0,
-                  instance_prompt: str | None = None, seed: int = 0) -> ImageCaptionDataset:
+                  instance_prompt: str | None = None, seed: int = 0,
+                  style_captions: bool = True) -> ImageCaptionDataset:
     """Build a training dataset from ``source``.
 
     Args:
-        source: ``"emoji"`` / ``"emoji:symbola"``; a local folder (``metadata.jsonl`` with
+        source: ``"emoji"`` (Noto) / ``"emoji:<style>"`` (symbola, twemoji, openmoji, fluent, or
+            all = noto + twemoji + openmoji + fluent); a local folder (``metadata.jsonl`` with
             ``file_name`` + caption column, or images with sidecar ``.txt``/``.caption`` files,
             nested folders included, or bare images with ``instance_prompt``); a
             ``save_to_disk`` folder; a ``.parquet`` file; or a Hub dataset name.
@@ -814,6 +893,8 @@ def build_dataset(source: str, *, split: str | None = None, image_column: str = 
         caption_dropout: probability of replacing the caption by "" (for classifier-free guidance).
         instance_prompt: caption for every image that has none (DreamBooth).
         seed: base seed of the per-(epoch, index) generators.
+        style_captions: for ``"emoji:all"`` only: every image appears twice, with its plain CLDR
+            name and with ``"<name>, <style> style"`` (``False``: once, plain).
 
     Raises:
         FileNotFoundError: missing folder/file, or an unknown Hub dataset.
@@ -823,7 +904,7 @@ def build_dataset(source: str, *, split: str | None = None, image_column: str = 
     return ImageCaptionDataset(source, split=split, image_column=image_column, caption_column=caption_column,
                                label_columns=label_columns, resolution=resolution, center_crop=center_crop,
                                random_flip=random_flip, caption_dropout=caption_dropout,
-                               instance_prompt=instance_prompt, seed=seed)
+                               instance_prompt=instance_prompt, seed=seed, style_captions=style_captions)
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
