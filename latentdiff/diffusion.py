@@ -31,8 +31,9 @@ import torch
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TimestepSpacing = Literal["leading", "trailing", "linspace", "logsnr"]
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr")
+TimestepSpacing = Literal["leading", "trailing", "linspace", "logsnr", "lcm"]
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr", "lcm")
+LCM_ORIGINAL_STEPS = 50  # the DDIM skipping-step schedule a latent consistency model is distilled on
 PredictionType = Literal["epsilon", "v_prediction"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -226,6 +227,17 @@ def training_target(
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
 
 
+def lcm_boundary_scalings(t, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+    """(c_skip, c_out) of a consistency model's parametrisation f(x, t) = c_skip·x + c_out·x̂0 (Song et
+    al. 2023, eq. 7, on discrete t as Luo et al. 2023 / diffusers' LCM): c_skip → 1 and c_out → 0 as
+    t → 0, the boundary condition f(x, 0) = x. Scalars for an int, tensors (float64) for a tensor."""
+    if torch.is_tensor(t):
+        s = t.to(torch.float64) * timestep_scaling
+        return sigma_data ** 2 / (s ** 2 + sigma_data ** 2), s / (s ** 2 + sigma_data ** 2).sqrt()
+    s = float(t) * timestep_scaling
+    return sigma_data ** 2 / (s ** 2 + sigma_data ** 2), s / math.sqrt(s ** 2 + sigma_data ** 2)
+
+
 def min_snr_weights(
     t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str = "epsilon"
 ) -> torch.Tensor:
@@ -305,6 +317,8 @@ def make_timesteps(
     - ``leading``: t = i·⌊T/n⌋ + steps_offset, i = n-1..0 (Stable Diffusion's default)
     - ``trailing``: t = round(T - i·T/n) - 1, i = 0..n-1 (always starts at T-1)
     - ``linspace``: t = round(linspace(0, T-1, n)), reversed
+    - ``lcm``: n of the 50 DDIM timesteps t_j = j·⌊T/50⌋ - 1 (j = 50..1) a latent consistency model is
+      distilled on, evenly spaced by index (diffusers' ``LCMScheduler``; Luo et al. 2023)
     - ``logsnr``: uniform in the half-log-SNR λ = log(α/σ) from t = T-1 to t = 0, each λ mapped to a
       fractional t by linear interpolation of the λ table and rounded (needs ``alphas_cumprod``). The spacing DPM-Solver recommends
       ("logSNR", Lu et al. 2022, §3.3 / appendix) and diffusers' ``use_lu_lambdas``; where rounding
@@ -323,6 +337,12 @@ def make_timesteps(
         ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    elif spacing == "lcm":
+        if n > LCM_ORIGINAL_STEPS:
+            raise ValueError(f"timestep spacing 'lcm' takes at most {LCM_ORIGINAL_STEPS} steps (the distillation's "
+                             f"DDIM schedule), got {n}")
+        origin = (np.arange(1, LCM_ORIGINAL_STEPS + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
+        ts = origin[np.floor(np.linspace(0, LCM_ORIGINAL_STEPS, n, endpoint=False)).astype(np.int64)].copy()
     elif spacing == "logsnr":
         if alphas_cumprod is None or len(alphas_cumprod) != T:
             raise ValueError(f"timestep spacing 'logsnr' needs the {T}-entry alphas_cumprod table")

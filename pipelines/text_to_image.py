@@ -670,7 +670,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
 
             # 1. the sampler's noise levels: the model's integer timesteps (default schedule) or n+1 sigmas;
             #    their tail when starting from an image
-            spacing = timestep_spacing or self.default_timestep_spacing
+            # (a consistency model samples on the DDIM steps it was distilled on)
+            spacing = timestep_spacing or ("lcm" if sampler == "lcm" else self.default_timestep_spacing)
             timesteps = self._timesteps(steps, spacing, init["strength"] if init else 1.0, strength_steps,
                                         sigma_schedule)
 

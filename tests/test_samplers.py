@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 
 from latentdiff.denoisers import EpsFunction
 from latentdiff.diffusion import alphas_cumprod_at, make_alphas_cumprod, make_timesteps
-from latentdiff.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from latentdiff.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_lcm
 
 SCHED = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
@@ -95,6 +95,19 @@ def test_dpmpp_matches_diffusers(spacing, n, order):
     sched.set_timesteps(n)
     ref = run_diffusers(sched, x_T())
     ours = run_ours(sample_dpmpp_2m, x_T(), sched.timesteps, order=order)
+    assert_trajectories_close(ours, ref)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 50])
+def test_lcm_matches_diffusers_lcm_scheduler(n):
+    """The lcm spacing is LCMScheduler's timesteps, and each consistency step (f = c_skip x + c_out x̂0,
+    then re-noised to the next timestep with the generator's noise) is diffusers' step for step."""
+    sched = LCMScheduler(**SCHED, clip_sample=False, set_alpha_to_one=True)
+    sched.set_timesteps(n)
+    ts = make_timesteps(n, 1000, "lcm")
+    assert ts.tolist() == sched.timesteps.tolist()
+    ref = run_diffusers(sched, x_T(), generator=torch.Generator().manual_seed(3))
+    ours = run_ours(sample_lcm, x_T(), ts, generator=torch.Generator().manual_seed(3))
     assert_trajectories_close(ours, ref)
 
 
