@@ -44,18 +44,20 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
-from latentdiff.io import replace_shared
+from latentdiff import hub
+from latentdiff.fs import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, check_safetensors_file, is_repo_id, save_safetensors_atomic
+from latentdiff.io import resolve_model_dir
+
+_save_safetensors_atomic = save_safetensors_atomic  # the name tests/test_pipeline.py uses
 
 logger = logging.getLogger("latentdiff")
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the LoraConfig
 TRAINING_METADATA_KEY = "latentdiff"  # our header key: JSON of base model, rank, alpha, prompts, steps
 COMPONENTS = ("unet", "text_encoder")
@@ -313,13 +315,10 @@ def resolve_lora_file(path_or_repo_id: str | os.PathLike, weight_name: str | Non
                       revision: str | None = None) -> Path:
     """The ``.safetensors`` file for a file path, a folder (``pytorch_lora_weights.safetensors``, or its
     only ``.safetensors``) or a Hub repo id. Pickled LoRAs (.bin/.pt/.ckpt) are refused."""
-    from .io import PICKLE_SUFFIXES, is_repo_id, resolve_model_dir
-
     path = Path(path_or_repo_id).expanduser()
     if not path.exists() and weight_name is not None and is_repo_id(str(path_or_repo_id)):
-        from .hub import download_file  # just the one file of the repo
-
-        path = download_file(str(path_or_repo_id), weight_name, revision=revision, kind="LoRA")
+        path = hub.download_file(  # just the one file of the repo
+            str(path_or_repo_id), weight_name, revision=revision, kind="LoRA")
     elif not path.exists():
         path = resolve_model_dir(str(path_or_repo_id), revision=revision, kind="LoRA")
     if path.is_dir():
@@ -350,8 +349,6 @@ def read_lora(path_or_repo_id: str | os.PathLike, weight_name: str | None = None
     """Read a diffusers- or kohya-format LoRA file (format detected from its keys) into a LoRA state."""
     from safetensors import safe_open
 
-    from .io import check_safetensors_file
-
     path = resolve_lora_file(path_or_repo_id, weight_name, revision=revision)
     check_safetensors_file(path)
     with safe_open(str(path), framework="pt") as f:
@@ -376,21 +373,6 @@ def read_lora(path_or_repo_id: str | os.PathLike, weight_name: str | None = None
         except json.JSONDecodeError:
             logger.warning("%s: unreadable %r metadata ignored", path, TRAINING_METADATA_KEY)
     return LoraFile(state, path, fmt, training, header)
-
-
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
-        replace_shared(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _lora_path(dir_or_file: str | os.PathLike, default_name: str) -> Path:
@@ -454,7 +436,7 @@ def save_lora_state(dir_or_file: str | os.PathLike, state: dict[str, torch.Tenso
     if metadata:
         header[TRAINING_METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str)
     path = _lora_path(dir_or_file, LORA_WEIGHT_NAME)
-    _save_safetensors_atomic(weights, path, header)
+    save_safetensors_atomic(weights, path, header)
     return path
 
 
@@ -472,7 +454,7 @@ def save_kohya(dir_or_file: str | os.PathLike, state: dict[str, torch.Tensor], *
     if metadata:
         header[TRAINING_METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str)
     path = _lora_path(dir_or_file, f"{name}.safetensors")
-    _save_safetensors_atomic(kohya, path, header)
+    save_safetensors_atomic(kohya, path, header)
     return path
 
 

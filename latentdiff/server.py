@@ -41,7 +41,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from latentdiff import __version__, a1111
+from latentdiff import a1111
+from latentdiff._version import __version__
 
 logger = logging.getLogger("latentdiff.server")
 

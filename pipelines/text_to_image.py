@@ -43,15 +43,15 @@ from latentdiff.diffusion import (
     sigma_to_t,
 )
 from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
-from latentdiff.io import (
+from latentdiff.fs import (
     PICKLE_SUFFIXES,
     atomic_dir,
     check_safetensors_file,
     check_weights,
     read_json,
-    resolve_device,
-    resolve_model_dir,
+    save_safetensors_atomic,
 )
+from latentdiff.io import resolve_device, resolve_model_dir
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import (
@@ -875,8 +875,6 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     def save_textual_inversion(self, token: str, path: str | os.PathLike, layout: str = "diffusers") -> Path:
         """Write the vectors of ``token`` (and ``token_1``, …) as diffusers' {token: (n, D)} or A1111's
         {"emb_params": (n, D)} safetensors file, atomically."""
-        from latentdiff.lora import _save_safetensors_atomic
-
         vocab = self.tokenizer.get_vocab()
         if token not in vocab:
             raise ValueError(f"{token!r} is not a token of this tokenizer; load_textual_inversion() it first")
@@ -888,7 +886,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             raise ValueError(f"layout must be diffusers or a1111; got {layout!r}")
         state = {token: vectors} if layout == "diffusers" else {"emb_params": vectors}
         path = Path(path)
-        _save_safetensors_atomic(state, path, {"format": "pt", "token": token, "layout": layout})
+        save_safetensors_atomic(state, path, {"format": "pt", "token": token, "layout": layout})
         return path
 
     # ------------------------------------------------------------------ the steps' helpers
