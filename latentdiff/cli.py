@@ -38,9 +38,9 @@ commands:
 examples:
   latentdiff generate "red apple" --seed 0 --out outputs/
   latentdiff generate "blue heart" -n 8 --grid --sampler ddim --steps 50
-  latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji
+  latentdiff train unet --config configs/emoji_unet.yaml --output-dir runs/emoji_unet
   latentdiff eval --model emoji
-  latentdiff push runs/emoji/final user/emoji-model
+  latentdiff push runs/emoji_unet/final user/emoji-model
   latentdiff serve --lora-dir loras/ --outputs outputs/
 
 Run `latentdiff COMMAND --help` for a command's options.
@@ -391,7 +391,7 @@ def dispatch(cmd: str, rest: list[str]) -> int:
     if cmd == "train":
         if not rest or rest[0] in ("-h", "--help"):
             print(f"usage: latentdiff train {{{','.join(TRAINERS)}}} [options]\n"
-                  "  e.g. latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji\n"
+                  "  e.g. latentdiff train unet --config configs/emoji_unet.yaml --output-dir runs/emoji_unet\n"
                   "Run `latentdiff train KIND --help` for options.")
             return 0 if rest else 2
         if rest[0] not in TRAINERS:

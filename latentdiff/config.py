@@ -48,8 +48,8 @@ def _convert(value: Any, tp, where: str):
             try:
                 return _convert(value, a, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)} ({'; '.join(errors)})")
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, get_args(tp)))}")
