@@ -152,7 +152,7 @@ def _parse_outpaint(text: str | None) -> tuple[int, int, int, int] | None:
 
 def _check_input_file(kind: str, recorded: dict, given: str | None) -> str | None:
     """For --from-png: the init image/mask must be the same file content the PNG was made from."""
-    from latentdiff.pipelines.inputs import file_sha256
+    from latentdiff.fs import file_sha256
 
     digest = recorded.get(f"{kind}_sha256")
     if digest is None:
@@ -347,7 +347,7 @@ def generate(argv: list[str]) -> int:
                classifier=classifier, class_label=args.class_label,
                classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check,
                prompt_normalization=args.prompt_normalization, **image_kw)
-    from latentdiff.pipelines.inputs import file_sha256
+    from latentdiff.fs import file_sha256
 
     files = {}
     for kind, path in (("image", args.image), ("mask", args.mask)):

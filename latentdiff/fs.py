@@ -8,6 +8,7 @@ downward: :mod:`latentdiff.model_card` (cards), :mod:`latentdiff.hub` (the Hub),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -201,6 +202,32 @@ def check_writable_dir(folder: str | os.PathLike, what: str) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Reading and checking files
 # ----------------------------------------------------------------------------------------------
+
+
+def file_sha256(*paths: str | os.PathLike) -> str:
+    """The sha256 hex digest of the files' bytes, one after another (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True when ``path`` (symlinks resolved) lies inside ``root`` or is it: names never escape their folder."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except OSError:
+        return False
+
+
+def check_plain_name(name: str, kind: str, where: str) -> None:
+    """A name a user picks from a folder (a LoRA in --lora-dir, ``<lora:NAME>``) must be one of its
+    entries: UserError for folders, "..", absolute paths."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute():
+        raise UserError(f"{kind} name {name!r} is not a plain name: {kind} names must be a plain name of an entry "
+                        f"of {where}, without folders, '..' or absolute paths")
 
 
 def read_json(path: str | os.PathLike, what: str = "") -> dict:

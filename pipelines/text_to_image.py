@@ -47,7 +47,9 @@ from latentdiff.fs import (
     PICKLE_SUFFIXES,
     atomic_dir,
     check_safetensors_file,
+    check_plain_name,
     check_weights,
+    is_inside,
     read_json,
     save_safetensors_atomic,
 )
@@ -1022,15 +1024,12 @@ def resolve_in_folder(root: Path, name: str, suffixes: Sequence[str], kind: str)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{kind} folder {root} not found")
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-        raise ValueError(f"{kind} name {name!r} must be a plain name inside {root} (no absolute path, no '..')")
-    base = root.resolve()
+    check_plain_name(name, kind, str(root))
     candidates = [root / f"{name}{suf}" for suf in suffixes] + [root / name]
     for c in candidates:
         if c.exists():
-            real = c.resolve()
-            if base not in real.parents and real != base:
-                raise ValueError(f"{kind} {name!r} points outside {root} (a symlink to {real}); refused")
+            if not is_inside(c, root):
+                raise ValueError(f"{kind} {name!r} points outside {root} (a symlink to {c.resolve()}); refused")
             return c
     known = sorted({p.stem for p in root.iterdir() if p.suffix in suffixes or p.is_dir()})
     raise FileNotFoundError(f"no {kind} named {name!r} in {root}; available: {', '.join(known) or 'none'}")

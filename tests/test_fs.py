@@ -81,3 +81,27 @@ def test_safetensors_round_trip_with_header(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         assert torch.equal(f.get_tensor("w"), w) and f.metadata() == {"format": "pt", "k": "v"}
     assert _listing(tmp_path) == ["x.safetensors"]
+
+
+def test_file_sha256_hashes_the_files_one_after_another(tmp_path):
+    import hashlib
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one chunk
+    b.write_bytes(b"second")
+    assert fs.file_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert fs.file_sha256(a, b) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+    assert fs.file_sha256() == hashlib.sha256(b"").hexdigest()
+
+
+def test_names_stay_inside_their_folder(tmp_path):
+    root = tmp_path / "loras"
+    root.mkdir()
+    (root / "ok.safetensors").write_bytes(b"")
+    (tmp_path / "secret").write_bytes(b"")
+    (root / "escape.safetensors").symlink_to(tmp_path / "secret")
+    assert fs.is_inside(root / "ok.safetensors", root) and not fs.is_inside(root / "escape.safetensors", root)
+    fs.check_plain_name("ok", "LoRA", "--lora-dir")
+    for bad in ("", ".", "..", "../ok", "sub/ok", "a\\b", "/etc/passwd"):
+        with pytest.raises(ValueError, match="is not a plain name"):
+            fs.check_plain_name(bad, "LoRA", "--lora-dir")
