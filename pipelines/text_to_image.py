@@ -167,6 +167,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: SchedulerConfig,
                  defaults: SamplingDefaults | None = None, name: str | None = None):
+        super().__init__()  # LoraMixin's state
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_config = scheduler_config
         self.defaults = defaults or SamplingDefaults()
