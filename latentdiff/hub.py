@@ -81,90 +81,57 @@ def _status(e: BaseException) -> int | None:
     return getattr(getattr(e, "response", None), "status_code", None)
 
 
-_LOGIN = "log in with `hf auth login`, or set HF_TOKEN (for `latentdiff push`: --token-env VAR)"
-
-
-@dataclass
-class _Failure:
-    """What a message needs to know about a failed Hub call."""
-
-    what: str  # "model 'user/x' (revision 'v1')"
-    status: int | None  # the HTTP status, if there was a response
-    have_token: bool
-    action: str  # "pull" | "push"
-    offline: bool  # HF_HUB_OFFLINE
-    endpoint: str
-
-
-def _repo_not_found(f: _Failure) -> BaseException:
-    if f.status == 401 and not f.have_token:
-        return FileNotFoundError(f"{f.what} not found on the Hub (not found), or it is private and no token "
-                                 f"was given (auth): check the name, or {_LOGIN}")
-    if f.status == 401:
-        return PermissionError(f"{f.what}: not found, or your token has no access to it (auth, HTTP 401); "
-                               "check the name and the token's permissions")
-    return FileNotFoundError(f"{f.what} not found on the Hub (not found, HTTP {f.status}); check the name"
-                             + ("" if f.have_token else f", or if it is private, {_LOGIN}"))
-
-
-def _not_cached(f: _Failure) -> BaseException:
-    if f.offline:
-        return ConnectionError(f"{f.what} is not in the local Hub cache and offline mode is on "
-                               "(network: HF_HUB_OFFLINE=1); download it once with network access, "
-                               "or unset HF_HUB_OFFLINE")
-    return ConnectionError(f"{f.what}: the Hub at {f.endpoint} cannot be reached and no cached copy exists "
-                           "(network); check your connection, proxy or HF_ENDPOINT")
-
-
-def _http_error(f: _Failure) -> BaseException:
-    if f.status == 401 and f.have_token:
-        return PermissionError(f"{f.what}: the Hub rejected the token (auth, HTTP 401): it is invalid or "
-                               f"expired; {_LOGIN}")
-    if f.status == 401:
-        return PermissionError(f"{f.what}: authentication required and no token was found (auth, HTTP 401); "
-                               f"{_LOGIN}")
-    if f.status == 403:
-        return PermissionError(f"{f.what}: access denied (auth, HTTP 403): the token lacks "
-                               f"{'write' if f.action == 'push' else 'read'} permission for this repo "
-                               "or namespace; use a token with the right scope")
-    if f.status == 404:
-        return FileNotFoundError(f"{f.what}: not found on the Hub (not found, HTTP 404)")
-    return ConnectionError(f"{f.what}: the Hub request failed (HTTP {f.status}); the Hub may be down, "
-                           "try again later")
-
-
-# huggingface_hub's typed errors -> ours, first match wins (subclasses before their bases). A row
-# names alternatives where huggingface_hub renamed a class: the first one that exists is used.
-_HUB_ERRORS = [
-    (("RevisionNotFoundError",), lambda f: FileNotFoundError(
-        f"{f.what}: revision not found on the Hub (not found); check the branch, tag or commit name")),
-    (("RemoteEntryNotFoundError", "EntryNotFoundError"), lambda f: FileNotFoundError(
-        f"{f.what}: the file is not in the repo at that revision (not found)")),
-    (("GatedRepoError",), lambda f: PermissionError(
-        f"{f.what} is gated (auth): accept its terms on the Hub page, then {_LOGIN}")),
-    (("RepositoryNotFoundError",), _repo_not_found),
-    (("IncompleteSnapshotError",), lambda f: ConnectionError(
-        f"{f.what}: the cached copy is incomplete and the Hub cannot be reached (network"
-        f"{', offline mode HF_HUB_OFFLINE=1' if f.offline else ''}); download it again with network access")),
-    (("LocalEntryNotFoundError",), _not_cached),
-    (("OfflineModeIsEnabled",), _not_cached),
-    (("HfHubHTTPError",), _http_error),
-]
-
-
 def _translate(e: BaseException, what: str, *, action: str, token: str | None) -> BaseException | None:
-    """The user-facing exception for a huggingface_hub/HTTP failure, or None if ``e`` is not one."""
+    """The user-facing exception for a huggingface_hub/HTTP failure, or None if ``e`` is not one: the
+    first row of the table whose huggingface_hub error class ``e`` is (subclasses before their bases;
+    where huggingface_hub renamed a class, a row names both and the one that exists is used)."""
     from huggingface_hub import constants
     from huggingface_hub import errors as hf
 
-    f = _Failure(what, _status(e), bool(token) or bool(_tokens_to_hide(None)), action, constants.is_offline_mode(),
-                 constants.ENDPOINT)
-    for names, make in _HUB_ERRORS:
-        cls = next((getattr(hf, n) for n in names if hasattr(hf, n)), None)
-        if cls is not None and isinstance(e, cls):
-            return make(f)
+    status, offline, endpoint = _status(e), constants.is_offline_mode(), constants.ENDPOINT
+    have_token = bool(token) or bool(_tokens_to_hide(None))
+    login = "log in with `hf auth login`, or set HF_TOKEN (for `latentdiff push`: --token-env VAR)"
+    if status == 401:
+        repo_missing = (PermissionError, f"{what}: not found, or your token has no access to it (auth, HTTP 401); "
+                        "check the name and the token's permissions") if have_token else \
+            (FileNotFoundError, f"{what} not found on the Hub (not found), or it is private and no token was "
+                                f"given (auth): check the name, or {login}")
+    else:
+        repo_missing = (FileNotFoundError, f"{what} not found on the Hub (not found, HTTP {status}); check the name"
+                        + ("" if have_token else f", or if it is private, {login}"))
+    not_cached = (ConnectionError, f"{what} is not in the local Hub cache and offline mode is on (network: "
+                  "HF_HUB_OFFLINE=1); download it once with network access, or unset HF_HUB_OFFLINE") if offline else \
+        (ConnectionError, f"{what}: the Hub at {endpoint} cannot be reached and no cached copy exists (network); "
+                          "check your connection, proxy or HF_ENDPOINT")
+    http = {
+        401: (PermissionError, f"{what}: the Hub rejected the token (auth, HTTP 401): it is invalid or expired; {login}"
+              if have_token else f"{what}: authentication required and no token was found (auth, HTTP 401); {login}"),
+        403: (PermissionError, f"{what}: access denied (auth, HTTP 403): the token lacks "
+                               f"{'write' if action == 'push' else 'read'} permission for this repo or namespace; "
+                               "use a token with the right scope"),
+        404: (FileNotFoundError, f"{what}: not found on the Hub (not found, HTTP 404)"),
+    }.get(status, (ConnectionError, f"{what}: the Hub request failed (HTTP {status}); the Hub may be down, try again "
+                                    "later"))
+    table = [
+        (("RevisionNotFoundError",), (FileNotFoundError, f"{what}: revision not found on the Hub (not found); check "
+                                                         "the branch, tag or commit name")),
+        (("RemoteEntryNotFoundError", "EntryNotFoundError"),
+         (FileNotFoundError, f"{what}: the file is not in the repo at that revision (not found)")),
+        (("GatedRepoError",), (PermissionError, f"{what} is gated (auth): accept its terms on the Hub page, then {login}")),
+        (("RepositoryNotFoundError",), repo_missing),
+        (("IncompleteSnapshotError",), (ConnectionError, f"{what}: the cached copy is incomplete and the Hub cannot be "
+                                        f"reached (network{', offline mode HF_HUB_OFFLINE=1' if offline else ''}); "
+                                        "download it again with network access")),
+        (("LocalEntryNotFoundError",), not_cached),
+        (("OfflineModeIsEnabled",), not_cached),
+        (("HfHubHTTPError",), http),
+    ]
+    for names, (cls, message) in table:
+        hub_class = next((getattr(hf, n) for n in names if hasattr(hf, n)), None)
+        if hub_class is not None and isinstance(e, hub_class):
+            return cls(message)
     if isinstance(e, _transport_errors()):
-        return ConnectionError(f"{what}: cannot reach the Hub at {f.endpoint} (network: {type(e).__name__}); "
+        return ConnectionError(f"{what}: cannot reach the Hub at {endpoint} (network: {type(e).__name__}); "
                                "check your connection, proxy or HF_ENDPOINT")
     return None
 
