@@ -70,6 +70,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], ob
     try:
         if callable(data):
             os.close(fd)
+            fd = None
             data(tmp)
             fd = os.open(tmp, os.O_RDONLY)
         else:
@@ -93,10 +94,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], ob
         return p
     except BaseException:
         if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:  # already closed by the writer's error path
-                pass
+            os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
