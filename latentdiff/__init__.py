@@ -5,7 +5,7 @@
 >>> pipe("red apple", seed=0).images[0].save("apple.png")
 """
 
-__version__ = "0.1.0"
+from latentdiff._version import __version__
 
 
 def __getattr__(name):

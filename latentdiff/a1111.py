@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from latentdiff.prompts import EXTRA_NETWORK_TAG, PromptTags, parse_prompt_tags  # noqa: F401 (PromptTags re-exported)
 
 # ----------------------------------------------------------------------------------------------
 # Samplers and schedulers
@@ -108,44 +110,6 @@ def find_scheduler(name: str) -> A1111Scheduler:
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompt tags: <lora:name:weight>
-# ----------------------------------------------------------------------------------------------
-
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-
-
-@dataclass
-class PromptTags:
-    prompt: str  # the prompt the text encoder sees: every <kind:...> tag removed, as A1111 does
-    loras: list[tuple[str, float]] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # tags of other kinds (<hypernet:...>, <lyco:...>)
-
-
-def parse_prompt_tags(prompt: str) -> PromptTags:
-    """Split A1111 extra-network tags out of a prompt. ``<lora:name>`` has weight 1;
-    ``<lora:name:te:unet>`` (separate text-encoder/U-Net weights) is accepted only when both are equal."""
-    loras, ignored = [], []
-    for m in _EXTRA_NETWORK.finditer(prompt):
-        kind, args = m.group(1), m.group(2).split(":")
-        if kind != "lora":
-            ignored.append(m.group(0))
-            continue
-        name, weights = args[0].strip(), [a.strip() for a in args[1:]]
-        if not name:
-            raise ValueError(f"LoRA tag {m.group(0)!r} has no name; write <lora:NAME:WEIGHT>")
-        try:
-            values = [float(w) for w in weights] or [1.0]
-        except ValueError:
-            raise ValueError(f"LoRA tag {m.group(0)!r}: weight must be a number, e.g. <lora:{name}:0.8>") from None
-        if len(values) > 2 or len(set(values)) > 1:
-            raise ValueError(f"LoRA tag {m.group(0)!r}: separate text-encoder and U-Net weights are not "
-                             f"supported; give one weight, e.g. <lora:{name}:{values[0]:g}>")
-        loras.append((name, values[0]))
-    clean = re.sub(r" {2,}", " ", _EXTRA_NETWORK.sub("", prompt)).strip()
-    return PromptTags(clean, loras, ignored)
-
-
-# ----------------------------------------------------------------------------------------------
 # Infotext: the "parameters" PNG text chunk
 # ----------------------------------------------------------------------------------------------
 
@@ -211,7 +175,7 @@ def params_from_infotext(text: str) -> dict:
         raise ValueError(f"the PNG's A1111 parameters lack {', '.join(missing)}; cannot regenerate from them")
     tags = parse_prompt_tags(p["Prompt"])
     if tags.loras or tags.ignored:
-        found = ", ".join(m.group(0) for m in _EXTRA_NETWORK.finditer(p["Prompt"]))
+        found = ", ".join(m.group(0) for m in EXTRA_NETWORK_TAG.finditer(p["Prompt"]))
         raise ValueError(f"the PNG's prompt has A1111 extra-network tags ({found}); --from-png cannot resolve "
                          "A1111 LoRA names: rerun with the prompt and --lora PATH:WEIGHT")
     sampler = find_sampler(p["Sampler"])

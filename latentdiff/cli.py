@@ -39,9 +39,9 @@ commands:
 examples:
   latentdiff generate "red apple" --seed 0 --out outputs/
   latentdiff generate "blue heart" -n 8 --grid --sampler ddim --steps 50
-  latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji
+  latentdiff train unet --config configs/emoji_unet.yaml --output-dir runs/emoji_unet
   latentdiff eval --model emoji
-  latentdiff push runs/emoji/final user/emoji-model
+  latentdiff push runs/emoji_unet/final user/emoji-model
   latentdiff serve --lora-dir loras/ --outputs outputs/
 
 Run `latentdiff COMMAND --help` for a command's options.
@@ -153,7 +153,7 @@ def _parse_outpaint(text: str | None) -> tuple[int, int, int, int] | None:
 
 def _check_input_file(kind: str, recorded: dict, given: str | None) -> str | None:
     """For --from-png: the init image/mask must be the same file content the PNG was made from."""
-    from latentdiff.pipelines.inputs import file_sha256
+    from latentdiff.fs import file_sha256
 
     digest = recorded.get(f"{kind}_sha256")
     if digest is None:
@@ -348,7 +348,7 @@ def generate(argv: list[str]) -> int:
                classifier=classifier, class_label=args.class_label,
                classifier_scale=classifier_scale, progress=True, check_memory=not args.no_memory_check,
                prompt_normalization=args.prompt_normalization, **image_kw)
-    from latentdiff.pipelines.inputs import file_sha256
+    from latentdiff.fs import file_sha256
 
     files = {}
     for kind, path in (("image", args.image), ("mask", args.mask)):
@@ -392,7 +392,7 @@ def dispatch(cmd: str, rest: list[str]) -> int:
     if cmd == "train":
         if not rest or rest[0] in ("-h", "--help"):
             print(f"usage: latentdiff train {{{','.join(TRAINERS)}}} [options]\n"
-                  "  e.g. latentdiff train unet --config configs/emoji.yaml --output-dir runs/emoji\n"
+                  "  e.g. latentdiff train unet --config configs/emoji_unet.yaml --output-dir runs/emoji_unet\n"
                   "Run `latentdiff train KIND --help` for options.")
             return 0 if rest else 2
         if rest[0] not in TRAINERS:

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from latentdiff.io import replace_shared
+from latentdiff.fs import atomic_write_text  # noqa: F401 (re-exported: trainers import it from here)
 
 T = TypeVar("T")
 # a decimal number as people write it: 3e-4, 1E5, .5, -2.0e+3 (not nan/inf, which are never meant)
@@ -49,8 +48,8 @@ def _convert(value: Any, tp, where: str):
             try:
                 return _convert(value, a, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)} ({'; '.join(errors)})")
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, get_args(tp)))}")
@@ -201,23 +200,6 @@ def resolve_reference(ref: str, config_path: Path) -> str:
         return ref
     beside = config_path.parent / ref
     return str(beside) if beside.exists() else ref
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        replace_shared(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_config(obj, path: str | os.PathLike) -> None:

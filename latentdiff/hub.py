@@ -22,13 +22,13 @@ import contextlib
 import glob
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentdiff.io import PICKLE_SUFFIXES, check_safetensors_file
+from latentdiff import model_card as mc
+from latentdiff.fs import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, REPO_ID, check_safetensors_file
 
 logger = logging.getLogger("latentdiff")
 
@@ -36,7 +36,6 @@ logger = logging.getLogger("latentdiff")
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md", "*.png", "*.yaml"]
 # ... and the same kinds are pushed, so what is pushed is what is pulled.
 UPLOAD_SUFFIXES = (".safetensors", ".json", ".txt", ".md", ".png", ".yaml")
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 MAX_SMALL_FILE = 10 * 1024 * 1024  # the Hub's limit for a regular (non-LFS) file; weights have no limit
 
 
@@ -83,60 +82,54 @@ def _status(e: BaseException) -> int | None:
 
 
 def _translate(e: BaseException, what: str, *, action: str, token: str | None) -> BaseException | None:
-    """The user-facing exception for a huggingface_hub/HTTP failure, or None if ``e`` is not one."""
+    """The user-facing exception for a huggingface_hub/HTTP failure, or None if ``e`` is not one: the
+    first row of the table whose huggingface_hub error class ``e`` is (subclasses before their bases;
+    where huggingface_hub renamed a class, a row names both and the one that exists is used)."""
     from huggingface_hub import constants
     from huggingface_hub import errors as hf
 
-    endpoint = constants.ENDPOINT
-    login = "log in with `hf auth login`, or set HF_TOKEN (for `latentdiff push`: --token-env VAR)"
+    status, offline, endpoint = _status(e), constants.is_offline_mode(), constants.ENDPOINT
     have_token = bool(token) or bool(_tokens_to_hide(None))
-    status = _status(e)
-
-    def cls(name: str):  # error classes by name: older huggingface_hub versions lack some of them
-        return getattr(hf, name, ())
-
-    if isinstance(e, hf.RevisionNotFoundError):
-        return FileNotFoundError(f"{what}: revision not found on the Hub (not found); check the branch, tag "
-                                 "or commit name")
-    if isinstance(e, cls("RemoteEntryNotFoundError") or cls("EntryNotFoundError")):
-        return FileNotFoundError(f"{what}: the file is not in the repo at that revision (not found)")
-    if isinstance(e, hf.GatedRepoError):
-        return PermissionError(f"{what} is gated (auth): accept its terms on the Hub page, then {login}")
-    if isinstance(e, hf.RepositoryNotFoundError):
-        if status == 401 and not have_token:
-            return FileNotFoundError(f"{what} not found on the Hub (not found), or it is private and no token "
-                                     f"was given (auth): check the name, or {login}")
-        if status == 401:
-            return PermissionError(f"{what}: not found, or your token has no access to it (auth, HTTP 401); "
-                                   "check the name and the token's permissions")
-        return FileNotFoundError(f"{what} not found on the Hub (not found, HTTP {status}); check the name"
-                                 + ("" if have_token else f", or if it is private, {login}"))
-    if isinstance(e, cls("IncompleteSnapshotError")):
-        return ConnectionError(f"{what}: the cached copy is incomplete and the Hub cannot be reached (network"
-                               f"{', offline mode HF_HUB_OFFLINE=1' if constants.is_offline_mode() else ''}); "
-                               "download it again with network access")
-    if isinstance(e, (hf.LocalEntryNotFoundError, *[c for c in [cls("OfflineModeIsEnabled")] if c])):
-        if constants.is_offline_mode():
-            return ConnectionError(f"{what} is not in the local Hub cache and offline mode is on "
-                                   "(network: HF_HUB_OFFLINE=1); download it once with network access, "
-                                   "or unset HF_HUB_OFFLINE")
-        return ConnectionError(f"{what}: the Hub at {endpoint} cannot be reached and no cached copy exists "
-                               "(network); check your connection, proxy or HF_ENDPOINT")
-    if isinstance(e, hf.HfHubHTTPError):
-        if status == 401 and have_token:
-            return PermissionError(f"{what}: the Hub rejected the token (auth, HTTP 401): it is invalid or "
-                                   f"expired; {login}")
-        if status == 401:
-            return PermissionError(f"{what}: authentication required and no token was found (auth, HTTP 401); "
-                                   f"{login}")
-        if status == 403:
-            return PermissionError(f"{what}: access denied (auth, HTTP 403): the token lacks "
-                                   f"{'write' if action == 'push' else 'read'} permission for this repo "
-                                   "or namespace; use a token with the right scope")
-        if status == 404:
-            return FileNotFoundError(f"{what}: not found on the Hub (not found, HTTP 404)")
-        return ConnectionError(f"{what}: the Hub request failed (HTTP {status}); the Hub may be down, "
-                               "try again later")
+    login = "log in with `hf auth login`, or set HF_TOKEN (for `latentdiff push`: --token-env VAR)"
+    if status == 401:
+        repo_missing = (PermissionError, f"{what}: not found, or your token has no access to it (auth, HTTP 401); "
+                        "check the name and the token's permissions") if have_token else \
+            (FileNotFoundError, f"{what} not found on the Hub (not found), or it is private and no token was "
+                                f"given (auth): check the name, or {login}")
+    else:
+        repo_missing = (FileNotFoundError, f"{what} not found on the Hub (not found, HTTP {status}); check the name"
+                        + ("" if have_token else f", or if it is private, {login}"))
+    not_cached = (ConnectionError, f"{what} is not in the local Hub cache and offline mode is on (network: "
+                  "HF_HUB_OFFLINE=1); download it once with network access, or unset HF_HUB_OFFLINE") if offline else \
+        (ConnectionError, f"{what}: the Hub at {endpoint} cannot be reached and no cached copy exists (network); "
+                          "check your connection, proxy or HF_ENDPOINT")
+    http = {
+        401: (PermissionError, f"{what}: the Hub rejected the token (auth, HTTP 401): it is invalid or expired; {login}"
+              if have_token else f"{what}: authentication required and no token was found (auth, HTTP 401); {login}"),
+        403: (PermissionError, f"{what}: access denied (auth, HTTP 403): the token lacks "
+                               f"{'write' if action == 'push' else 'read'} permission for this repo or namespace; "
+                               "use a token with the right scope"),
+        404: (FileNotFoundError, f"{what}: not found on the Hub (not found, HTTP 404)"),
+    }.get(status, (ConnectionError, f"{what}: the Hub request failed (HTTP {status}); the Hub may be down, try again "
+                                    "later"))
+    table = [
+        (("RevisionNotFoundError",), (FileNotFoundError, f"{what}: revision not found on the Hub (not found); check "
+                                                         "the branch, tag or commit name")),
+        (("RemoteEntryNotFoundError", "EntryNotFoundError"),
+         (FileNotFoundError, f"{what}: the file is not in the repo at that revision (not found)")),
+        (("GatedRepoError",), (PermissionError, f"{what} is gated (auth): accept its terms on the Hub page, then {login}")),
+        (("RepositoryNotFoundError",), repo_missing),
+        (("IncompleteSnapshotError",), (ConnectionError, f"{what}: the cached copy is incomplete and the Hub cannot be "
+                                        f"reached (network{', offline mode HF_HUB_OFFLINE=1' if offline else ''}); "
+                                        "download it again with network access")),
+        (("LocalEntryNotFoundError",), not_cached),
+        (("OfflineModeIsEnabled",), not_cached),
+        (("HfHubHTTPError",), http),
+    ]
+    for names, (cls, message) in table:
+        hub_class = next((getattr(hf, n) for n in names if hasattr(hf, n)), None)
+        if hub_class is not None and isinstance(e, hub_class):
+            return cls(message)
     if isinstance(e, _transport_errors()):
         return ConnectionError(f"{what}: cannot reach the Hub at {endpoint} (network: {type(e).__name__}); "
                                "check your connection, proxy or HF_ENDPOINT")
@@ -244,8 +237,6 @@ def _staged(path: Path, kind: str):
     if path.is_dir():
         yield path
         return
-    from latentdiff.model_card import LORA_WEIGHT_NAME
-
     with tempfile.TemporaryDirectory(prefix="latentdiff-push-") as tmp:
         target = Path(tmp) / LORA_WEIGHT_NAME
         try:
@@ -269,8 +260,6 @@ def push_to_hub(path: str | os.PathLike, repo_id: str, *, private: bool = False,
     regenerates it; ``write_card=False`` skips it). ``token`` defaults to the standard places
     (HF_TOKEN, the ``hf auth login`` file); it is never logged or written anywhere.
     """
-    from latentdiff import model_card as mc
-
     path = Path(path).expanduser()
     if branch and revision and branch != revision:
         raise ValueError(f"branch={branch!r} and revision={revision!r} disagree; pass one of them")
@@ -358,18 +347,12 @@ then load it anywhere:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
     p.add_argument("--token-env", default=None, metavar="VAR",
                    help="read the token from environment variable VAR (default: HF_TOKEN / hf auth login)")
-    p.add_argument("--license", default=None, help=f"licence id for the card (default: {_default_license()})")
+    p.add_argument("--license", default=None, help=f"licence id for the card (default: {mc.DEFAULT_LICENSE})")
     p.add_argument("--base-model", default=None, help="base model for a LoRA/classifier card (repo id or name)")
     p.add_argument("--instance-prompt", default=None, help="instance prompt for a LoRA card")
     p.add_argument("--overwrite-card", action="store_true", help="regenerate README.md even if one exists")
     p.add_argument("--no-card", action="store_true", help="do not write a model card")
     return p
-
-
-def _default_license() -> str:
-    from latentdiff.model_card import DEFAULT_LICENSE
-
-    return DEFAULT_LICENSE
 
 
 def push_main(argv: list[str] | None = None) -> int:

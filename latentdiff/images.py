@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from pathlib import Path
 
 from PIL import Image
 
-from latentdiff.io import _umask, replace_shared
+from latentdiff.fs import atomic_write
 
 
 def make_grid(images: list[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:
@@ -30,25 +28,4 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike, *, exclusive: b
     ``exclusive``: never replace an existing ``path`` (FileExistsError instead), atomically, by
     hard-linking the finished file to its name (where links are unsupported: an ``O_EXCL``
     reservation of the name, then the rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", **save_kwargs)
-        if not exclusive:
-            replace_shared(tmp, p)
-            return
-        os.chmod(tmp, 0o666 & ~_umask())
-        try:
-            os.link(tmp, p)  # fails with FileExistsError if the name is taken
-            os.unlink(tmp)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here (some network or FAT file systems)
-            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", **save_kwargs), exclusive=exclusive)

@@ -5,13 +5,12 @@ dataclasses only choose the constructor arguments (read from YAML in ``configs/`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from .diffusion import alphas_cumprod_from_betas, make_betas, rescale_zero_terminal_snr
+from .diffusion import TimestepSpacing, alphas_cumprod_from_betas, make_betas, rescale_zero_terminal_snr
 
 
 @dataclass
@@ -116,7 +115,7 @@ class SchedulerConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    timestep_spacing: TimestepSpacing = "leading"  # "logsnr" is ours: diffusers' schedulers refuse it
     steps_offset: int = 0
     set_alpha_to_one: bool = True
     rescale_betas_zero_snr: bool = False  # Lin et al. 2024: ᾱ_{T-1} = 0 (use with trailing spacing, v-prediction)
@@ -224,11 +223,3 @@ def build_components(cfg: ModelConfig, seed: int = 0) -> dict:
     unet = cfg.unet.build(cfg.resolution // cfg.vae_scale_factor, cfg.vae.latent_channels, cfg.text_encoder.hidden_size)
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": build_clip_tokenizer(),
             "scheduler_config": cfg.scheduler, "defaults": cfg.defaults}
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def describe(cfg: ModelConfig) -> str:
-    return json.dumps({"resolution": cfg.resolution, "vae_factor": cfg.vae_scale_factor}, indent=None)

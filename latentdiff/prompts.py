@@ -25,7 +25,7 @@ pipeline does (one padded 77-token sequence).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -308,18 +308,43 @@ def num_chunks(tokenizer, prompt: str) -> int:
 
 # ------------------------------------------------------------------ LoRA tags
 
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?>")
+# A1111's extra-network tags (<lora:name:weight>, <hypernet:...>): one parser for the pipeline and the server
+EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+
+
+@dataclass
+class PromptTags:
+    prompt: str  # the prompt the text encoder sees: every <kind:...> tag removed, as A1111 does
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # tags of other kinds (<hypernet:...>, <lyco:...>)
+
+
+def parse_prompt_tags(prompt: str) -> PromptTags:
+    """Split A1111 extra-network tags out of a prompt. ``<lora:name>`` has weight 1;
+    ``<lora:name:te:unet>`` (separate text-encoder/U-Net weights) is accepted only when both are equal."""
+    loras, ignored = [], []
+    for m in EXTRA_NETWORK_TAG.finditer(prompt):
+        kind, args = m.group(1), m.group(2).split(":")
+        if kind != "lora":
+            ignored.append(m.group(0))
+            continue
+        name, weights = args[0].strip(), [a.strip() for a in args[1:]]
+        if not name:
+            raise ValueError(f"LoRA tag {m.group(0)!r} has no name; write <lora:NAME:WEIGHT>")
+        try:
+            values = [float(w) for w in weights] or [1.0]
+        except ValueError:
+            raise ValueError(f"LoRA tag {m.group(0)!r}: weight must be a number, e.g. <lora:{name}:0.8>") from None
+        if len(values) > 2 or len(set(values)) > 1:
+            raise ValueError(f"LoRA tag {m.group(0)!r}: separate text-encoder and U-Net weights are not "
+                             f"supported; give one weight, e.g. <lora:{name}:{values[0]:g}>")
+        loras.append((name, values[0]))
+    clean = re.sub(r" {2,}", " ", EXTRA_NETWORK_TAG.sub("", prompt)).strip()
+    return PromptTags(clean, loras, ignored)
 
 
 def extract_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """``"a cat <lora:symbola:0.8>"`` → ``("a cat", [("symbola", 0.8)])``; the tags leave the text."""
-    tags = []
-    for m in _LORA_TAG.finditer(prompt):
-        try:
-            scale = float(m.group(2)) if m.group(2) is not None else 1.0
-        except ValueError:
-            raise ValueError(f"LoRA tag {m.group(0)!r}: the weight must be a number, e.g. <lora:{m.group(1)}:0.8>") \
-                from None
-        tags.append((m.group(1).strip(), scale))
-    text = re.sub(r"\s{2,}", " ", _LORA_TAG.sub("", prompt)).strip()
-    return text, tags
+    """``"a cat <lora:symbola:0.8>"`` → ``("a cat", [("symbola", 0.8)])``: :func:`parse_prompt_tags`'s
+    prompt and LoRAs."""
+    tags = parse_prompt_tags(prompt)
+    return tags.prompt, tags.loras

@@ -279,17 +279,15 @@ def sample_dpmpp_2m(
         x0 = predict_x0_from_eps(x, t, eps, denoiser.alphas_cumprod)
         alpha_s, sigma_s = math.sqrt(a_s), math.sqrt(1 - a_s)
         alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1 - a_t)
-        first_order = order == 1 or x0_prev is None or (lower_order_final and i == n - 1)
+        h = math.inf if sigma_t == 0.0 else h_of(alpha_s, sigma_s, alpha_t, sigma_t)  # to the data: h = ∞
+        # (the step to σ = 0 is first order whatever lower_order_final says: at h = ∞ there is no r)
+        first_order = order == 1 or x0_prev is None or (lower_order_final and i == n - 1) or sigma_t == 0.0
         if first_order:
             D = x0
         else:
-            r = h_prev / h_of(alpha_s, sigma_s, alpha_t, sigma_t)
+            r = h_prev / h
             D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-        if sigma_t == 0.0:  # final step to the data: h = ∞, e^{-h} = 0
-            x_new, h = D, math.inf
-        else:
-            h = h_of(alpha_s, sigma_s, alpha_t, sigma_t)
-            x_new = (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * D
+        x_new = D if sigma_t == 0.0 else (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * D  # e^{-∞} = 0
         x0_prev, h_prev = x0, h
         bar.update()
         x = _after_step(callback, {"i": i, "t": t, "sigma": sig, "x": x_new, "denoised": x0})

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import hashlib
 import io
 import ipaddress
 import json
@@ -41,7 +40,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from latentdiff import __version__, a1111
+from latentdiff import a1111
+from latentdiff._version import __version__
+from latentdiff.fs import LORA_WEIGHT_NAME, check_plain_name, file_sha256, is_inside
 
 logger = logging.getLogger("latentdiff.server")
 
@@ -96,20 +97,6 @@ class Limits:
     queue_size: int = 4  # requests waiting behind the running one; more get 503
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """True when ``path`` (symlinks resolved) lies inside ``root``: names never escape their folder."""
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except OSError:
-        return False
-
-
-def _check_name(name: str, kind: str, flag: str) -> None:
-    if not name or "/" in name or "\\" in name or name in (".", "..") or ".." in name.split("."):
-        raise ServeError(422, f"{kind} name {name!r} is not a plain name: {kind} names are the entries of "
-                              f"{flag}, without folders, '..' or absolute paths")
-
-
 @dataclass
 class ModelEntry:
     """A model the API may load: a built-in name or a diffusers folder inside --models-dir."""
@@ -123,13 +110,7 @@ class ModelEntry:
     def sha256(self) -> str:
         """sha256 of the U-Net weights (A1111 hashes the checkpoint file; ours are folders)."""
         if self._sha256 is None:
-            files = sorted((self.path / "unet").glob("*.safetensors"))
-            h = hashlib.sha256()
-            for f in files:
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = file_sha256(*sorted((self.path / "unet").glob("*.safetensors")))
         return self._sha256
 
     @property
@@ -159,7 +140,7 @@ def discover_models(default: str, models_dir: Path | None) -> list[ModelEntry]:
                        ModelEntry(path.name, str(path), path))
     if models_dir is not None:
         for child in sorted(models_dir.iterdir()):
-            if (child / "model_index.json").is_file() and _inside(child, models_dir):
+            if (child / "model_index.json").is_file() and is_inside(child, models_dir):
                 if not any(e.path.resolve() == child.resolve() for e in entries):
                     entries.append(ModelEntry(child.name, str(child), child))
     names = [e.name for e in entries]
@@ -172,13 +153,11 @@ def discover_models(default: str, models_dir: Path | None) -> list[ModelEntry]:
 def discover_loras(lora_dir: Path | None) -> dict[str, Path]:
     """LoRA name -> file: ``NAME.safetensors`` anywhere under --lora-dir, or a folder NAME holding
     ``pytorch_lora_weights.safetensors`` (what ``latentdiff train lora`` writes). Links out are skipped."""
-    from latentdiff.lora import LORA_WEIGHT_NAME
-
     if lora_dir is None:
         return {}
     found: dict[str, Path] = {}
     for p in sorted(lora_dir.rglob("*.safetensors")):
-        if not _inside(p, lora_dir):
+        if not is_inside(p, lora_dir):
             logger.warning("LoRA %s links outside --lora-dir %s; skipped", p, lora_dir)
             continue
         name = p.parent.name if p.name == LORA_WEIGHT_NAME and p.parent != lora_dir else p.stem
@@ -190,7 +169,7 @@ def discover_embeddings(embeddings_dir: Path | None) -> list[str]:
     if embeddings_dir is None:
         return []
     return sorted(p.stem for p in embeddings_dir.rglob("*") if p.suffix in (".safetensors", ".pt", ".bin")
-                  and _inside(p, embeddings_dir))
+                  and is_inside(p, embeddings_dir))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,7 +478,7 @@ def _file_hash(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        _HASHES[key] = file_sha256(path)[:12]
     return _HASHES[key]
 
 
@@ -756,7 +735,10 @@ def create_app(config: ServeConfig):
                               f"{', '.join(e.title for e in app.state.models)} (see /sdapi/v1/sd-models)")
 
     def resolve_lora(name: str) -> Path:
-        _check_name(name, "LoRA", "--lora-dir")
+        try:
+            check_plain_name(name, "LoRA", "--lora-dir")
+        except ValueError as e:
+            raise ServeError(422, str(e)) from None
         loras = discover_loras(config.lora_dir)
         if name not in loras:
             where = "no --lora-dir is configured" if config.lora_dir is None else \

@@ -43,15 +43,17 @@ from latentdiff.diffusion import (
     sigma_to_t,
 )
 from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
-from latentdiff.io import (
+from latentdiff.fs import (
     PICKLE_SUFFIXES,
     atomic_dir,
     check_safetensors_file,
+    check_plain_name,
     check_weights,
+    is_inside,
     read_json,
-    resolve_device,
-    resolve_model_dir,
+    save_safetensors_atomic,
 )
+from latentdiff.io import resolve_device, resolve_model_dir
 from latentdiff.lora import LoraMixin
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig, build_components
 from latentdiff.samplers import (
@@ -165,6 +167,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: SchedulerConfig,
                  defaults: SamplingDefaults | None = None, name: str | None = None):
+        super().__init__()  # LoraMixin's state
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_config = scheduler_config
         self.defaults = defaults or SamplingDefaults()
@@ -876,8 +879,6 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     def save_textual_inversion(self, token: str, path: str | os.PathLike, layout: str = "diffusers") -> Path:
         """Write the vectors of ``token`` (and ``token_1``, …) as diffusers' {token: (n, D)} or A1111's
         {"emb_params": (n, D)} safetensors file, atomically."""
-        from latentdiff.lora import _save_safetensors_atomic
-
         vocab = self.tokenizer.get_vocab()
         if token not in vocab:
             raise ValueError(f"{token!r} is not a token of this tokenizer; load_textual_inversion() it first")
@@ -889,7 +890,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             raise ValueError(f"layout must be diffusers or a1111; got {layout!r}")
         state = {token: vectors} if layout == "diffusers" else {"emb_params": vectors}
         path = Path(path)
-        _save_safetensors_atomic(state, path, {"format": "pt", "token": token, "layout": layout})
+        save_safetensors_atomic(state, path, {"format": "pt", "token": token, "layout": layout})
         return path
 
     # ------------------------------------------------------------------ the steps' helpers
@@ -1025,15 +1026,12 @@ def resolve_in_folder(root: Path, name: str, suffixes: Sequence[str], kind: str)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{kind} folder {root} not found")
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-        raise ValueError(f"{kind} name {name!r} must be a plain name inside {root} (no absolute path, no '..')")
-    base = root.resolve()
+    check_plain_name(name, kind, str(root))
     candidates = [root / f"{name}{suf}" for suf in suffixes] + [root / name]
     for c in candidates:
         if c.exists():
-            real = c.resolve()
-            if base not in real.parents and real != base:
-                raise ValueError(f"{kind} {name!r} points outside {root} (a symlink to {real}); refused")
+            if not is_inside(c, root):
+                raise ValueError(f"{kind} {name!r} points outside {root} (a symlink to {c.resolve()}); refused")
             return c
     known = sorted({p.stem for p in root.iterdir() if p.suffix in suffixes or p.is_dir()})
     raise FileNotFoundError(f"no {kind} named {name!r} in {root}; available: {', '.join(known) or 'none'}")

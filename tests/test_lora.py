@@ -215,6 +215,17 @@ def test_diffusers_produces_the_same_image_with_our_lora(tiny_pipeline_dir, lora
     assert np.abs(theirs(sd) - with_lora).max() < 1e-4
 
 
+def test_unload_restores_the_text_encoder_and_the_same_name_loads_again(lora_files, tiny_pipe):
+    base = forward(tiny_pipe)
+    tiny_pipe.load_lora(lora_files["diffusers"], adapter_name="x")
+    once = forward(tiny_pipe)
+    tiny_pipe.unload_lora()
+    assert _no_adapters(tiny_pipe) and getattr(tiny_pipe.text_encoder, "peft_config", None) is None
+    assert torch.equal(forward(tiny_pipe), base) and tiny_pipe.list_loras() == {}
+    tiny_pipe.load_lora(lora_files["diffusers"], adapter_name="x")
+    assert torch.equal(forward(tiny_pipe), once)
+
+
 def test_kohya_file_loads_into_our_pipeline_like_the_diffusers_file(lora_files, tiny_pipe):
     tiny_pipe.load_lora(lora_files["diffusers"], adapter_name="d")
     a = forward(tiny_pipe)

@@ -239,3 +239,12 @@ def test_exact_eps_gaussian_mixture_on_sigma_schedules(name, schedule):
     torch.testing.assert_close(v, v_ref, atol=0.03, rtol=0)
     counts = torch.bincount(torch.cdist(out, MEANS).argmin(1), minlength=3).double() / n
     torch.testing.assert_close(counts, WEIGHTS, atol=0.02, rtol=0)
+
+
+def test_dpmpp_2m_last_step_to_the_data_is_first_order_even_without_lower_order_final():
+    """At σ = 0 the step size h is infinite and the 2M ratio r = h_prev/h has no value: the step is
+    first order (as in k-diffusion's sample_dpmpp_2m), so lower_order_final=False runs and agrees."""
+    timesteps = make_timesteps(6, 1000, "trailing")
+    a = run_ours(sample_dpmpp_2m, x_T(), timesteps, lower_order_final=False)
+    b = run_ours(sample_dpmpp_2m, x_T(), timesteps, lower_order_final=True)
+    assert torch.isfinite(a[-1]).all() and all(torch.equal(p, q) for p, q in zip(a, b))
