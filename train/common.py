@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import yaml
 
-from latentdiff.config import ConfigError, atomic_write_text, load_config, save_config
+from latentdiff.config import ConfigError, load_config, save_config
+from latentdiff.fs import atomic_write_text
 from latentdiff.data.datasets import EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
 
 logger = logging.getLogger("latentdiff.train")
@@ -702,7 +703,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, cfg, state: dict, 
 
     Never a NaN checkpoint: the models' weights and the loss are checked first. A full disk (or any
     write error) removes the partial folder, keeps every earlier checkpoint and says so."""
-    from latentdiff.io import share_tree
+    from latentdiff.fs import share_tree
 
     root = checkpoint_dir(output_dir)
     final = root / f"checkpoint-{step}"
@@ -823,19 +824,10 @@ def cache_key(parts: dict) -> str:
 
 
 def save_tensors_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    """A safetensors cache or checkpoint file, atomically (:func:`latentdiff.fs.save_safetensors_atomic`)."""
+    from latentdiff.fs import save_safetensors_atomic
 
-    from latentdiff.io import replace_shared
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
-        replace_shared(tmp, path)  # the same permissions as every other file we write
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_safetensors_atomic(tensors, path, {k: str(v) for k, v in (metadata or {}).items()})
 
 
 def load_tensors(path: Path, device) -> dict:
