@@ -22,6 +22,7 @@ TRAINERS = {
     "clip": "latentdiff.train.clip",
     "lora": "latentdiff.train.lora",
     "embedding": "latentdiff.train.embedding",
+    "lcm": "latentdiff.train.lcm",
     "classifier": "latentdiff.train.classifier",
 }
 PNG_KEY = "latentdiff"  # PNG tEXt chunk holding the generation parameters (JSON)

@@ -38,6 +38,7 @@ TRAINERS = {
     "classifier": ("tiny_classifier.yaml", {"vae_from": "{pipe}", "data.max_samples": 32,
                                             "data.max_validation_samples": 8, "validation_steps": 0,
                                             "eval_timesteps": "[0]"}, "final"),
+    "lcm": ("tiny_lcm.yaml", {"base": "{pipe}", "validation_prompts": "[]"}, "final"),
     "embedding": ("tiny_embedding.yaml", {"base": "{pipe}", "validation_prompts": "[]"}, "final"),
     "clip": ("tiny_clip.yaml", {"data.max_samples": 48, "optim.batch_size": 16, "data.validation_split": ""},
              "text_encoder"),

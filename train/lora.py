@@ -584,11 +584,12 @@ Outputs in OUTPUT_DIR/final: pytorch_lora_weights.safetensors (diffusers), NAME_
 """
 
 
-def build_parser():
-    p = common_parser(
-        "latentdiff train lora",
-        "Fine-tune a text-to-image pipeline with LoRA (peft) on your own images; the base weights stay frozen. "
-        "Writes a diffusers-format LoRA and its kohya (A1111/ComfyUI) export.", EPILOG, config_required=False)
+DESCRIPTION = ("Fine-tune a text-to-image pipeline with LoRA (peft) on your own images; the base weights stay "
+               "frozen. Writes a diffusers-format LoRA and its kohya (A1111/ComfyUI) export.")
+
+
+def build_parser(prog: str = "latentdiff train lora", description: str = DESCRIPTION, epilog: str = EPILOG):
+    p = common_parser(prog, description, epilog, config_required=False)
     p.add_argument("--base", help="pipeline to adapt: built-in name (emoji), diffusers folder or Hub repo id")
     p.add_argument("--data", help="images: a folder (metadata.jsonl / .txt captions / bare images), emoji, "
                                   "emoji_symbola, a .parquet file or a datasets name")
@@ -613,7 +614,7 @@ FLAGS = {"base": "base", "data": "data.source", "instance_prompt": "data.instanc
          "output_dir": "output_dir", "device": "device", "seed": "seed", "num_threads": "cpu_threads"}
 
 
-def config_from_args(args) -> LoraTrainConfig:
+def config_from_args(args, config_cls=LoraTrainConfig) -> LoraTrainConfig:
     """Config file (or the defaults), then ``--set``, then the named flags; strict and typed."""
     import tempfile
 
@@ -625,25 +626,27 @@ def config_from_args(args) -> LoraTrainConfig:
     if args.train_text_encoder:
         overrides["lora.text_encoder"] = True
     if args.config:
-        return load_config(args.config, LoraTrainConfig, overrides)
-    if "data.source" not in overrides:
+        return load_config(args.config, config_cls, overrides)
+    if "data.source" not in overrides and not getattr(config_cls, "data_has_default", False):
         raise ValueError("no training data: pass --data FOLDER (or emoji_symbola, a .parquet file, a datasets name) "
                          "or --config FILE.yaml")
     with tempfile.TemporaryDirectory() as tmp:  # the defaults, through the same strict loader
         empty = Path(tmp) / "defaults.yaml"
         empty.write_text("{}\n")
-        return load_config(empty, LoraTrainConfig, overrides)
+        return load_config(empty, config_cls, overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, config_cls=LoraTrainConfig, train_fn=None, prog: str = "latentdiff train lora",
+         description: str = DESCRIPTION, epilog: str = EPILOG) -> int:
+    """``latentdiff train lora``; ``train lcm`` is the same command line with its own config and task."""
     from .common import disable_progress_bars
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog, description, epilog).parse_args(argv)
     if args.no_progress:
         disable_progress_bars()
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, config_cls)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
+    (train_fn or train)(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
     return 0
 
 
