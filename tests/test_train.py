@@ -500,3 +500,71 @@ def test_vae_discriminator_option_trains(tmp_path):
     assert summary["steps"] == 3 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
     assert (tmp_path / "vae/diffusion_pytorch_model.safetensors").is_file()
     assert "model_1.safetensors" in {p.name for p in (tmp_path / "checkpoints/checkpoint-3").iterdir()}
+
+
+# ----------------------------------------------------------------------------------------------
+# v-prediction with zero terminal SNR; loss options
+# ----------------------------------------------------------------------------------------------
+
+
+def test_vpred_zero_snr_model_trains_exports_and_samples_like_diffusers(tmp_path):
+    """`prediction_type: v_prediction` + `zero_terminal_snr: true`: the loss stays finite (min-SNR
+    weight 0 at SNR = 0), the exported scheduler config says rescaled betas, trailing spacing and v,
+    and diffusers' Euler on that config gives our Euler image (both sample from ᾱ_{T-1} = 2⁻²⁴); DDIM
+    too, up to its first step from ᾱ = 0 exactly (ours: 2⁻²⁴), as test_pipeline_samplers says."""
+    import numpy as np
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from latentdiff.pipelines import TextToImagePipeline
+
+    out = tmp_path / "vpred"
+    summary = train_unet(unet_cfg(out, **{"optim.max_train_steps": 6, "checkpointing_steps": 0,
+                                          "prediction_type": "v_prediction", "zero_terminal_snr": True}))
+    assert summary["prediction_type"] == "v_prediction" and summary["zero_terminal_snr"] is True
+    assert summary["final_loss"] == summary["final_loss"]  # not NaN
+    sched = json.loads((out / "final/scheduler/scheduler_config.json").read_text())
+    assert sched["rescale_betas_zero_snr"] is True and sched["timestep_spacing"] == "trailing"
+    assert sched["prediction_type"] == "v_prediction"
+
+    ours = TextToImagePipeline.from_pretrained(out / "final")
+    assert float(ours.scheduler_config.alphas_cumprod()[-1]) == 0.0
+    kw = dict(num_inference_steps=6, guidance_scale=3.0, output_type="np")
+    sd = StableDiffusionPipeline.from_pretrained(out / "final", safety_checker=None)
+    for sampler, cls, tol in (("euler", EulerDiscreteScheduler, 1e-4), ("ddim", DDIMScheduler, 5e-3)):
+        mine = ours(["red apple", "cat face"], seed=[0, 1], sampler=sampler, **kw).images
+        sd.scheduler = cls.from_config(sd.scheduler.config)
+        theirs = sd(["red apple", "cat face"], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
+        assert np.isfinite(mine).all() and np.abs(theirs - mine).max() <= tol, (sampler, np.abs(theirs - mine).max())
+
+
+def test_epsilon_with_zero_terminal_snr_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="zero_terminal_snr: true needs prediction_type: v_prediction"):
+        unet_cfg(tmp_path / "x", zero_terminal_snr=True)
+
+
+def test_huber_and_debiased_loss_options():
+    """Pseudo-Huber √(d² + c²) − c and sd-scripts' debiased weights 1/√SNR (ε), 1/(SNR+1) (v), SNR ≤ 1000."""
+    from latentdiff.diffusion import make_alphas_cumprod, q_sample, snr, training_target
+    from latentdiff.train.unet import diffusion_loss
+
+    ac = make_alphas_cumprod()
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    out = torch.randn(4, 4, 8, 8, generator=g)
+
+    class Fixed(torch.nn.Module):  # a "U-Net" that returns a fixed prediction
+        def forward(self, x, t, encoder_hidden_states=None):
+            return type("O", (), {"sample": out})
+
+    for pred_type in ("epsilon", "v_prediction"):
+        target = training_target(z0, eps, t, ac, pred_type)
+        d = out - target
+        huber = (torch.sqrt(d ** 2 + 0.05 ** 2) - 0.05).flatten(1).mean(1)
+        got = diffusion_loss(Fixed(), z0, None, t, eps, ac, pred_type, 0.0, loss_type="huber", huber_c=0.05)
+        assert torch.allclose(got, huber.mean(), rtol=1e-6)
+        s = snr(ac, t).clamp(max=1000.0)
+        w = 1 / (s + 1) if pred_type == "v_prediction" else s.rsqrt()
+        got = diffusion_loss(Fixed(), z0, None, t, eps, ac, pred_type, 0.0, debiased=True)
+        assert torch.allclose(got, ((d ** 2).flatten(1).mean(1) * w.float()).mean(), rtol=1e-6)
+    assert q_sample is not None
