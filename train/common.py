@@ -71,6 +71,17 @@ class DataConfig:
     caption_dropout: float = 0.0      # probability a caption becomes "" (classifier-free guidance)
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
+    # streaming (U-Net trainer; train/data.py): the training split is encoded shard by shard into a
+    # latent + text-embedding cache on disk and read per batch, instead of decoded into memory
+    streaming: bool = False
+    shard_size: int = 1024            # samples per cache shard (one is held in memory while building)
+    num_workers: int = 2              # DataLoader workers decoding images while the cache is built
+    # aspect-ratio buckets, kohya semantics (train/buckets.py); imply streaming
+    aspect_buckets: bool = False
+    min_bucket_reso: int = 0          # 0 = max(bucket_reso_steps, resolution / 2)
+    max_bucket_reso: int = 0          # 0 = 2 x resolution
+    bucket_reso_steps: int = 64       # bucket sides are multiples of it (of VAE x U-Net downsampling; 64 at SD scale)
+    bucket_no_upscale: bool = False   # never enlarge: bucket = the image (shrunk to ~resolution^2) rounded down
 
     def validate(self):
         if not self.source:
@@ -80,6 +91,11 @@ class DataConfig:
             raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.resolution < 0 or self.max_samples < 0 or self.max_validation_samples < 0:
             raise ValueError("data.resolution, data.max_samples and data.max_validation_samples must be >= 0")
+        if self.shard_size < 1 or self.num_workers < 0 or self.bucket_reso_steps < 1:
+            raise ValueError("data.shard_size and data.bucket_reso_steps must be >= 1, data.num_workers >= 0")
+        if self.min_bucket_reso < 0 or self.max_bucket_reso < 0 or (
+                self.min_bucket_reso and self.max_bucket_reso and self.min_bucket_reso > self.max_bucket_reso):
+            raise ValueError("data.min_bucket_reso and data.max_bucket_reso must be >= 0 (0 = default) and min <= max")
 
 
 @dataclass
