@@ -270,6 +270,11 @@ def make_accelerator(cfg, output_dir: Path, project_name: str):
     )
     if log_with:
         accelerator.init_trackers(project_name, config=flat_hparams(cfg))
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and \
+            accelerator.distributed_type.name != "FSDP":  # accelerate runs CPU processes as DDP, whatever it was told
+        logger.warning("FSDP was requested (accelerate config / --use_fsdp) but accelerate runs %s on %s: the "
+                       "weights are replicated, not sharded (FSDP through accelerate needs GPUs)",
+                       accelerator.distributed_type.name, accelerator.device)
     return accelerator
 
 

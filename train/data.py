@@ -240,7 +240,9 @@ def build_shards(source: StreamedImages, plan: BucketPlan, root: Path, vae, text
         buf["index"] += items
         if n + 1 == len(chunks) or chunks[n + 1][:2] != (j, k):  # the shard is complete: write it
             captions = [source.captions[i] for i in buf["index"]]
-            text = encode_text(text_encoder, tokenize(tokenizer, captions), 256, device)
+            unique = sorted(set(captions))  # each caption encoded once per shard
+            row = {c: r for r, c in enumerate(unique)}
+            text = encode_text(text_encoder, tokenize(tokenizer, unique), 256, device)[[row[c] for c in captions]]
             save_tensors_atomic({"mean": torch.cat(buf["mean"], 1), "std": torch.cat(buf["std"], 1), "text": text,
                                  "index": torch.tensor(buf["index"], dtype=torch.long)},
                                 shard_path(root, plan, j, k), {"key": key, "bucket": plan.buckets[j], "shard": k})
@@ -258,9 +260,10 @@ def prepare_streamed(source: StreamedImages, comps, cfg, run, cache_dir: Path) -
     factor = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(comps.unet.config.block_out_channels) - 1)
     plan = make_plan(source, d, factor)
     source.plan = plan if d.aspect_buckets else None
-    tokens = hashlib.sha256()
-    for i in range(0, len(source), 4096):
-        tokens.update(tokenize(comps.tokenizer, source.captions[i:i + 4096]).numpy().tobytes())
+    from .unet import caption_table
+
+    table, caption_index = caption_table(source.captions)  # (the captions themselves are in the fingerprint)
+    tokens = hashlib.sha256(tokenize(comps.tokenizer, table).numpy().tobytes() + caption_index.numpy().tobytes())
     parts = {"version": STREAM_CACHE_VERSION, "data": source.fingerprint(), "split": source.split,
              "resolution": source.resolution, "plan": plan.digest(), "vae": hash_module(vae),
              "text_encoder": hash_module(te), "tokens": tokens.hexdigest(), "random_flip": d.random_flip,
