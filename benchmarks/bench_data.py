@@ -144,6 +144,7 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
+    os.environ["TQDM_DISABLE"] = "1"
     print(f"load average {os.getloadavg()}", flush=True)
     rows = rss(args) if args.what == "rss" else speed(args)
     print(f"load average {os.getloadavg()}")

@@ -18,7 +18,13 @@ from test_loop import KILL_AFTER_SAVE, assert_equal_tensors, tensors
 from test_streaming import streamed, two_process_matches_one
 from test_train import ENV, cli_args, unet_cfg
 
-from latentdiff.train.buckets import BucketPlan, BucketSampler, make_bucket_resolutions, plan_buckets, select_bucket
+from latentdiff.train.buckets import (
+    BucketPlan,
+    BucketSampler,
+    make_bucket_resolutions,
+    plan_buckets,
+    select_bucket,
+)
 
 GRIDS = [(512, 256, 1024, 64), (32, 16, 64, 4)]  # SD 1.5 at 512 px (kohya's defaults); the tiny model, same shape
 # images of many aspect ratios, within the grid's range (1:4 … 4:1) and beyond it

@@ -82,6 +82,35 @@ def test_streamed_cache_holds_what_the_in_memory_cache_holds(kind, tmp_path):
     assert all(torch.equal(src[i], images[i]) for i in range(n))
 
 
+def test_webdataset_tar_shards_stream_the_same_pixels_as_the_folder(tmp_path):
+    """Two webdataset-style tars (key.png + key.txt) hold the kohya folder's images: the bucketed
+    cache built from them is the folder's, bit for bit (the tars are read by offset, not extracted)."""
+    import tarfile
+
+    folder = Path(make_source("kohya", tmp_path))
+    files = sorted(folder.iterdir())
+    (tmp_path / "tars").mkdir()
+    for part in (0, 1):
+        with tarfile.open(tmp_path / "tars" / f"shard-{part:04d}.tar", "w") as tf:
+            for f in files[part * len(files) // 2:(part + 1) * len(files) // 2]:
+                tf.add(f, arcname=f.name)
+    buckets = {"data.aspect_buckets": True, "data.bucket_reso_steps": 4, "data.min_bucket_reso": 16,
+               "data.max_bucket_reso": 64, "data.shard_size": 4, "data.num_workers": 1, "data.max_samples": 0}
+    a_src, _, a = streamed(unet_cfg(tmp_path / "a", **buckets, **{"data.source": str(folder)}), tmp_path / "a",
+                           tmp_path / "ca")
+    b_src, _, b = streamed(unet_cfg(tmp_path / "b", **buckets, **{"data.source": str(tmp_path / "tars")}),
+                           tmp_path / "b", tmp_path / "cb")
+    assert b_src.captions == a_src.captions and len(b_src) == len(MIXED_SIZES)
+    assert b_src.plan == a_src.plan
+    ta, tb = shard_tensors(a.root), shard_tensors(b.root)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    # and the U-Net trains from the tars (no validation split in a folder of tars)
+    summary = train_unet(unet_cfg(tmp_path / "run", **{"data.source": str(tmp_path / "tars"), "data.streaming": True,
+                                                        "data.max_samples": 0, "data.num_workers": 0,
+                                                        "optim.max_train_steps": 2, "checkpointing_steps": 0}))
+    assert summary["steps"] == 2 and summary["bucket_counts"] == [len(MIXED_SIZES)]
+
+
 def test_killed_cache_build_continues_from_the_last_complete_shard(tmp_path, monkeypatch):
     over = {"data.streaming": True, "data.shard_size": 4, "data.num_workers": 0, "data.max_samples": 16}
     cfg = unet_cfg(tmp_path / "out", **over)
@@ -221,3 +250,15 @@ def two_process_matches_one(tmp_path: Path, over: dict) -> None:
 
 def test_two_process_run_matches_one_process_on_the_streamed_cache(tmp_path):
     two_process_matches_one(tmp_path, {"data.streaming": True, "data.shard_size": 8, "data.num_workers": 0})
+
+
+def test_trainers_without_the_streamed_cache_refuse_it_in_one_line(tmp_path, capsys):
+    from latentdiff.cli import main
+
+    vae = ["train", "vae", "--config", str(Path(__file__).parents[1] / "configs/tiny_vae.yaml"), "--output-dir",
+           str(tmp_path / "vae"), "--device", "cpu", "--set", "data.max_samples=8", "--set", "data.streaming=true"]
+    assert main(vae) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "data.streaming" in err[0] and "vae" in err[0], err
+    with pytest.raises(ValueError, match="cache: true"):
+        unet_cfg(tmp_path / "u", **{"data.streaming": True, "cache": False})

@@ -4,8 +4,9 @@ With ``data.streaming: true`` (or ``data.aspect_buckets: true``, which implies i
 never holds the training images in memory:
 
 1. :class:`StreamedImages` lists the source (the embedded emoji, an imagefolder with
-   metadata.jsonl, a kohya folder of images + .txt, a ``datasets`` folder/file/name) without
-   decoding it: captions, and for buckets each image's size from its header.
+   metadata.jsonl, a kohya folder of images + .txt, a ``datasets`` folder/file/name, or
+   webdataset-style ``.tar`` shards) without decoding it: captions, and for buckets each image's size
+   from its header.
 2. :func:`prepare_streamed` encodes the images, decoded in ``torch.utils.data.DataLoader`` workers
    a batch at a time, through the frozen VAE (posterior μ, σ, and of the mirror image with
    ``random_flip``) and their captions through the frozen text encoder, into safetensors shards of
@@ -67,6 +68,58 @@ def check_streaming(cfg) -> None:
 # The source, item by item
 # ----------------------------------------------------------------------------------------------
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def tar_shards(source: str) -> list[Path]:
+    """The webdataset-style ``.tar`` shards ``source`` names (a .tar file, or a folder holding only
+    tars and no images); [] when it is another kind of source."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    if path.is_dir():
+        tars = sorted(path.rglob("*.tar"))
+        if tars and not any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*")):
+            return tars
+    return []
+
+
+def list_tar(shards: list[Path], caption_key: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """webdataset layout: members sharing a key (the name up to the first dot), one image
+    (``key.png``/``.jpg``/…) and a caption (``key.txt``, or the ``caption_key`` field of ``key.json``).
+    Returns each sample's image as (tar, byte offset, size) — read later with one pread — and its caption;
+    nothing is decoded or held but the member table."""
+    import tarfile
+
+    images, captions = [], []
+    for tar in shards:
+        samples: dict[str, dict] = {}
+        with tarfile.open(tar) as tf:  # reads the headers, seeking past the data
+            for m in tf:
+                if not m.isfile() or "/." in f"/{m.name}":
+                    continue
+                folder, _, base = m.name.rpartition("/")
+                stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot of the name
+                key = f"{folder}/{stem}"
+                entry = samples.setdefault(key, {})
+                if f".{ext.lower()}" in _IMAGE_SUFFIXES:
+                    entry["image"] = (str(tar), m.offset_data, m.size)
+                elif ext in ("txt", "json"):
+                    entry[ext] = tf.extractfile(m).read()
+        for key in sorted(samples):
+            e = samples[key]
+            if "image" not in e:
+                continue
+            caption = e.get("txt", b"").decode("utf-8", errors="replace")
+            if not caption and "json" in e:
+                caption = str(json.loads(e["json"]).get(caption_key, ""))
+            images.append(e["image"])
+            captions.append(" ".join(caption.split()))
+    if not images:
+        raise ValueError(f"no images in the tar shards {[str(t) for t in shards[:3]]} (webdataset layout: key.png + "
+                         "key.txt or key.json)")
+    return images, captions
+
 
 class StreamedImages(torch.utils.data.Dataset):
     """A training split listed, not decoded. Item i → uint8 (3, h, w): R×R exactly as the in-memory
@@ -76,8 +129,12 @@ class StreamedImages(torch.utils.data.Dataset):
     def __init__(self, d: DataConfig, split: str, resolution: int):
         self.source, self.split, self.resolution, self.center_crop = d.source, split, resolution, d.center_crop
         self.plan: BucketPlan | None = None
-        self._png, self._ds = None, None
-        if d.source in EMBEDDED_DATASETS:
+        self._png, self._ds, self._tar = None, None, None
+        shards = tar_shards(d.source) if d.source not in EMBEDDED_DATASETS else []
+        if shards:  # webdataset-style tar shards: samples read by offset, nothing extracted
+            self._tar, all_captions = list_tar(shards, d.caption_column)
+            self._identity = ":".join(f"{t}:{t.stat().st_size}:{t.stat().st_mtime_ns}" for t in shards)
+        elif d.source in EMBEDDED_DATASETS:
             import pyarrow.parquet as pq
 
             from .common import embedded_parquet
@@ -126,14 +183,24 @@ class StreamedImages(torch.utils.data.Dataset):
         h.update("\x00".join(self.captions).encode("utf-8"))
         return h.hexdigest()
 
+    def _bytes(self, i: int) -> bytes:
+        if self._png is not None:
+            return self._png[self.rows[i]]
+        tar, offset, size = self._tar[self.rows[i]]
+        fd = os.open(tar, os.O_RDONLY)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
     def size(self, i: int) -> tuple[int, int]:
         """(width, height) of image i, from its header."""
-        if self._png is not None:
+        if self._ds is None:
             import io
 
             from PIL import Image
 
-            with Image.open(io.BytesIO(self._png[self.rows[i]])) as im:
+            with Image.open(io.BytesIO(self._bytes(i))) as im:
                 return im.size
         return self._ds.image_size(self.rows[i])
 
@@ -142,16 +209,16 @@ class StreamedImages(torch.utils.data.Dataset):
 
         from PIL import Image
 
-        if self._png is not None:
-            return Image.open(io.BytesIO(self._png[self.rows[i]])).convert("RGB")
+        if self._ds is None:
+            return Image.open(io.BytesIO(self._bytes(i))).convert("RGB")
         return self._ds.rgb(self.rows[i])
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.plan is None:  # the in-memory path's transforms, bit for bit
-            if self._png is not None:
+            if self._ds is None:  # (tar shards: the embedded data's square crop + LANCZOS resize)
                 from .common import _decode_rgb
 
-                arr = _decode_rgb(self._png[self.rows[i]], self.resolution, self.center_crop)
+                arr = _decode_rgb(self._bytes(i), self.resolution, self.center_crop)
                 return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
             x = self._ds[self.rows[i]]["pixel_values"]
             return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

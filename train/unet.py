@@ -34,7 +34,6 @@ from latentdiff.images import make_grid, save_png_atomic
 from latentdiff.models import ModelConfig, SamplingDefaults, SchedulerConfig
 
 from . import loop
-from .data import StreamedImages, check_streaming, prepare_streamed, streams
 from .common import (
     DataConfig,
     Device,
@@ -54,6 +53,7 @@ from .common import (
     save_tensors_atomic,
     to_pixels,
 )
+from .data import StreamedImages, check_streaming, prepare_streamed, streams
 from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train")
