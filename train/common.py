@@ -6,6 +6,8 @@ Design notes
 * **Data lives in memory as tensors.** The training set is decoded once into a uint8 tensor
   ``(N, 3, R, R)`` on the training device; a step is tensor indexing only (no PIL, no DataLoader
   workers). That is what makes small-model CPU training fast and keeps the GPU fed.
+  Data larger than memory goes through the U-Net's sharded on-disk cache instead
+  (``data.streaming``, ``data.aspect_buckets``: train/data.py, train/buckets.py).
 * **Randomness is a pure function of (seed, step).** The batch order (a fresh permutation per epoch)
   and every per-step random draw (timesteps, noise, flips, caption dropout) come from generators
   seeded with ``(seed, step)``; each step draws the randomness of the *global* batch (all processes,

@@ -347,7 +347,11 @@ def prepare_streamed(source: StreamedImages, comps, cfg, run, cache_dir: Path) -
         if not written:
             logger.info("using the streamed cache %s", root)
     if accelerator.is_main_process and d.aspect_buckets:
-        atomic_write_text(run.out / "bucket_plan.json", plan.to_json())
+        before = run.out / "bucket_plan.json"
+        if before.is_file() and BucketPlan.from_json(before.read_text()) != plan:
+            logger.warning("the bucket plan differs from %s (the data or the bucket keys changed since that run "
+                           "started): a resumed run does not continue its batch order exactly", before)
+        atomic_write_text(before, plan.to_json())
         logger.info("aspect buckets (w x h: images): %s", ", ".join(
             f"{w}x{h}: {plan.assignment.count(j)}" for j, (w, h) in enumerate(plan.buckets)))
     accelerator.wait_for_everyone()
