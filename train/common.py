@@ -384,25 +384,31 @@ def _decode_rgb(png: bytes, resolution: int, center_crop: bool):
     return np.asarray(im, dtype=np.uint8)
 
 
+def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str]]:
+    """The embedded emoji parquet's ``split``, undecoded: (PNG bytes, captions), read with pyarrow
+    directly (no ``datasets`` needed)."""
+    import pyarrow.parquet as pq
+
+    path = embedded_parquet(d.source)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedded dataset {d.source!r} not found at {path}; reinstall latentdiff")
+    table = pq.read_table(path, columns=["image", d.caption_column, "split"])
+    splits = table.column("split").to_pylist()
+    if split not in set(splits):
+        raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
+    rows = [i for i, s in enumerate(splits) if s == split]
+    images_col = table.column("image").to_pylist()
+    captions_col = table.column(d.caption_column).to_pylist()
+    return [images_col[i]["bytes"] for i in rows], [captions_col[i] or "" for i in rows]
+
+
 def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
     ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
     if d.source in EMBEDDED_DATASETS:
-        import pyarrow.parquet as pq
-
-        path = embedded_parquet(d.source)
-        if not path.is_file():
-            raise FileNotFoundError(f"embedded dataset {d.source!r} not found at {path}; reinstall latentdiff")
-        table = pq.read_table(path, columns=["image", d.caption_column, "split"])
-        splits = table.column("split").to_pylist()
-        if split not in set(splits):
-            raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
-        rows = [i for i, s in enumerate(splits) if s == split]
-        images_col = table.column("image").to_pylist()
-        captions_col = table.column(d.caption_column).to_pylist()
-        arrays = [_decode_rgb(images_col[i]["bytes"], resolution, d.center_crop) for i in rows]
+        pngs, captions = embedded_split(d, split)
+        arrays = [_decode_rgb(png, resolution, d.center_crop) for png in pngs]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        captions = [captions_col[i] or "" for i in rows]
     else:
         try:
             from latentdiff.data import build_dataset

@@ -135,21 +135,10 @@ class StreamedImages(torch.utils.data.Dataset):
             self._tar, all_captions = list_tar(shards, d.caption_column)
             self._identity = ":".join(f"{t}:{t.stat().st_size}:{t.stat().st_mtime_ns}" for t in shards)
         elif d.source in EMBEDDED_DATASETS:
-            import pyarrow.parquet as pq
+            from .common import embedded_parquet, embedded_split
 
-            from .common import embedded_parquet
-
+            self._png, all_captions = embedded_split(d, split)               # compressed PNGs (a few MB)
             path = embedded_parquet(d.source)
-            if not path.is_file():
-                raise FileNotFoundError(f"embedded dataset {d.source!r} not found at {path}; reinstall latentdiff")
-            table = pq.read_table(path, columns=["image", d.caption_column, "split"])
-            splits = table.column("split").to_pylist()
-            if split not in set(splits):
-                raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
-            rows = [i for i, s in enumerate(splits) if s == split]
-            images, captions = table.column("image").to_pylist(), table.column(d.caption_column).to_pylist()
-            self._png = [images[i]["bytes"] for i in rows]                  # compressed PNGs (a few MB)
-            all_captions = [captions[i] or "" for i in rows]
             self._identity = hashlib.sha256(path.read_bytes()).hexdigest() + f":{split}"
         else:
             from latentdiff.data import build_dataset
