@@ -6,6 +6,8 @@ Design notes
 * **Data lives in memory as tensors.** The training set is decoded once into a uint8 tensor
   ``(N, 3, R, R)`` on the training device; a step is tensor indexing only (no PIL, no DataLoader
   workers). That is what makes small-model CPU training fast and keeps the GPU fed.
+  Data larger than memory goes through the U-Net's sharded on-disk cache instead
+  (``data.streaming``, ``data.aspect_buckets``: train/data.py, train/buckets.py).
 * **Randomness is a pure function of (seed, step).** The batch order (a fresh permutation per epoch)
   and every per-step random draw (timesteps, noise, flips, caption dropout) come from generators
   seeded with ``(seed, step)``; each step draws the randomness of the *global* batch (all processes,
@@ -74,6 +76,17 @@ class DataConfig:
     style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
+    # streaming (U-Net trainer; train/data.py): the training split is encoded shard by shard into a
+    # latent + text-embedding cache on disk and read per batch, instead of decoded into memory
+    streaming: bool = False
+    shard_size: int = 1024            # samples per cache shard (one is held in memory while building)
+    num_workers: int = 2              # DataLoader workers decoding images while the cache is built
+    # aspect-ratio buckets, kohya semantics (train/buckets.py); imply streaming
+    aspect_buckets: bool = False
+    min_bucket_reso: int = 0          # 0 = max(bucket_reso_steps, resolution / 2)
+    max_bucket_reso: int = 0          # 0 = 2 x resolution
+    bucket_reso_steps: int = 64       # bucket sides are multiples of it (of VAE x U-Net downsampling; 64 at SD scale)
+    bucket_no_upscale: bool = False   # never enlarge: bucket = the image (shrunk to ~resolution^2) rounded down
 
     def validate(self):
         if not self.source:
@@ -83,6 +96,11 @@ class DataConfig:
             raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.resolution < 0 or self.max_samples < 0 or self.max_validation_samples < 0:
             raise ValueError("data.resolution, data.max_samples and data.max_validation_samples must be >= 0")
+        if self.shard_size < 1 or self.num_workers < 0 or self.bucket_reso_steps < 1:
+            raise ValueError("data.shard_size and data.bucket_reso_steps must be >= 1, data.num_workers >= 0")
+        if self.min_bucket_reso < 0 or self.max_bucket_reso < 0 or (
+                self.min_bucket_reso and self.max_bucket_reso and self.min_bucket_reso > self.max_bucket_reso):
+            raise ValueError("data.min_bucket_reso and data.max_bucket_reso must be >= 0 (0 = default) and min <= max")
 
 
 @dataclass
@@ -257,6 +275,11 @@ def make_accelerator(cfg, output_dir: Path, project_name: str):
     )
     if log_with:
         accelerator.init_trackers(project_name, config=flat_hparams(cfg))
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and \
+            accelerator.distributed_type.name != "FSDP":  # accelerate runs CPU processes as DDP, whatever it was told
+        logger.warning("FSDP was requested (accelerate config / --use_fsdp) but accelerate runs %s on %s: the "
+                       "weights are replicated, not sharded (FSDP through accelerate needs GPUs)",
+                       accelerator.distributed_type.name, accelerator.device)
     return accelerator
 
 
@@ -363,29 +386,36 @@ def _decode_rgb(png: bytes, resolution: int, center_crop: bool):
     return np.asarray(im, dtype=np.uint8)
 
 
+def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str]]:
+    """The embedded emoji parquet's ``split``, undecoded: (PNG bytes, captions), read with pyarrow
+    directly (no ``datasets`` needed). ``emoji:all`` with ``style_captions``: each image a second time
+    with its style named ("red apple, twemoji style")."""
+    style = _EMBEDDED_STYLES[d.source]
+    try:
+        table = read_emoji_table("all", style, columns=["image", d.caption_column, "split"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"embedded dataset {d.source!r} not found ({e}); reinstall latentdiff") from None
+    splits = table.column("split").to_pylist()
+    if split not in set(splits):
+        raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
+    rows = [i for i, s in enumerate(splits) if s == split]
+    images_col = table.column("image").to_pylist()
+    captions_col = table.column(d.caption_column).to_pylist()
+    pngs, captions = [images_col[i]["bytes"] for i in rows], [captions_col[i] or "" for i in rows]
+    if style == "all" and d.style_captions:
+        styles = table.column("style").to_pylist()
+        pngs = pngs + pngs
+        captions = captions + [style_caption(c, styles[i]) for c, i in zip(captions, rows)]
+    return pngs, captions
+
+
 def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
     ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
     if d.source in EMBEDDED_DATASETS:
-        style = _EMBEDDED_STYLES[d.source]
-        try:
-            table = read_emoji_table("all", style, columns=["image", d.caption_column, "split"])
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"embedded dataset {d.source!r} not found ({e}); reinstall latentdiff") from None
-        splits = table.column("split").to_pylist()
-        if split not in set(splits):
-            raise ValueError(f"split {split!r} not in {d.source}; choose one of {sorted(set(splits))}")
-        rows = [i for i, s in enumerate(splits) if s == split]
-        images_col = table.column("image").to_pylist()
-        captions_col = table.column(d.caption_column).to_pylist()
-        arrays = [_decode_rgb(images_col[i]["bytes"], resolution, d.center_crop) for i in rows]
+        pngs, captions = embedded_split(d, split)
+        arrays = [_decode_rgb(png, resolution, d.center_crop) for png in pngs]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        captions = [captions_col[i] or "" for i in rows]
-        if style == "all" and d.style_captions:
-            # each image a second time with its style named: "red apple, twemoji style"
-            styles = table.column("style").to_pylist()
-            images = torch.cat([images, images])
-            captions = captions + [style_caption(c, styles[i]) for c, i in zip(captions, rows)]
     else:
         try:
             from latentdiff.data import build_dataset

@@ -172,6 +172,12 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
     out = Path(cfg.output_dir)
 
     task.build()  # models and data: user errors surface here, before Accelerate and before any step
+    d = getattr(cfg, "data", None)
+    if (getattr(d, "streaming", False) or getattr(d, "aspect_buckets", False)) and not getattr(task, "streamed", False):
+        from latentdiff.errors import UserError
+
+        raise UserError(f"data.streaming / data.aspect_buckets are not supported by `latentdiff train {task.name}` "
+                        "yet (the unet trainer has them)")
 
     accelerator = make_accelerator(cfg, out, f"latentdiff-{task.name}")
     device = accelerator.device

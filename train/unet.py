@@ -53,6 +53,7 @@ from .common import (
     save_tensors_atomic,
     to_pixels,
 )
+from .data import StreamedImages, check_streaming, prepare_streamed, streams
 from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train")
@@ -99,6 +100,7 @@ class UNetTrainConfig:
     def validate(self):
         check_loop_settings(self)
         check_model_source(self.model, self.init_from)
+        check_streaming(self)
         if self.model and not self.vae_from:
             raise ValueError("vae_from is empty: set it to the output of `latentdiff train vae` (e.g. runs/emoji_vae/vae), "
                              "a pipeline folder, or 'random' (an untrained VAE, for tests only)")
@@ -450,14 +452,18 @@ class UNetTask(Task):
 
     name = "unet"
     exports = ("final",)
+    streamed = False  # set by build: data.streaming / data.aspect_buckets (train/data.py)
 
     def build(self) -> None:
         cfg = self.cfg
         self.comps = build_components(cfg)
-        self.train_data = load_image_data(cfg.data, cfg.data.split, self.comps.resolution)
+        self.streamed = streams(cfg.data)  # the sharded on-disk cache (train/data.py), with aspect buckets or not
+        self.train_data = (StreamedImages(cfg.data, cfg.data.split, cfg.data.aspect_buckets and cfg.data.resolution
+                                          or self.comps.resolution) if self.streamed
+                           else load_image_data(cfg.data, cfg.data.split, self.comps.resolution))
         self.val_data = load_validation_data(cfg.data, self.comps.resolution)
         for d in (self.train_data, self.val_data):
-            if d is not None and d.images.shape[-1] != self.comps.resolution:
+            if isinstance(d, ImageData) and d.images.shape[-1] != self.comps.resolution:
                 raise ValueError(f"data resolution {d.images.shape[-1]} differs from the model's {self.comps.resolution}")
         self.num_samples = len(self.train_data)
 
@@ -475,13 +481,15 @@ class UNetTask(Task):
         comps.vae.to(device)
         comps.text_encoder.to(device)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run.out / "cache"
-        self.enc = prepare_data(self.train_data, comps, cfg, run.accelerator, cache_dir, flips=cfg.data.random_flip)
+        self.enc = (prepare_streamed(self.train_data, comps, cfg, run, cache_dir) if self.streamed else
+                    prepare_data(self.train_data, comps, cfg, run.accelerator, cache_dir, flips=cfg.data.random_flip))
         val_enc = (prepare_data(self.val_data, comps, cfg, run.accelerator, cache_dir, flips=False)
                    if self.val_data is not None else None)
         self.heldout = (make_heldout_batch(val_enc, self.scaling_factor, self.T, cfg.seed, comps.vae, comps.text_encoder)
                         if val_enc is not None else None)
         self.latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
         logger.info("U-Net on %s: %s, prediction_type=%s%s", device,
+                    "streamed cache" if self.streamed else
                     "cached latents+embeddings" if self.enc.mean is not None else "encoding every step",
                     self.prediction_type, ", zero terminal SNR" if sched.rescale_betas_zero_snr else "")
         if cfg.gradient_checkpointing:
@@ -492,6 +500,9 @@ class UNetTask(Task):
     def ema_target(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.unet
 
+    def make_sampler(self, run: Run):
+        return self.enc.make_sampler(run) if self.streamed else super().make_sampler(run)  # buckets: one per batch
+
     def start(self, run: Run) -> None:
         if self.heldout is not None and run.is_main:
             run.state["heldout_loss_initial"] = self.heldout_value(run.unwrapped().unet)
@@ -499,16 +510,21 @@ class UNetTask(Task):
 
     def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         n, device, d = len(idx), run.device, self.cfg.data
+        shape = self.enc.step_shape(step) if self.streamed else self.latent_shape  # (C, h, w) of this step's bucket
         return {
             "idx": idx,
             "t": torch.randint(0, self.T, (n,), generator=g, device=device),
-            "eps": sample_noise((n, *self.latent_shape), generator=g, offset_noise=self.cfg.offset_noise, device=device),
-            "post": torch.randn((n, *self.latent_shape), generator=g, device=device),     # posterior sample noise
+            "eps": sample_noise((n, *shape), generator=g, offset_noise=self.cfg.offset_noise, device=device),
+            "post": torch.randn((n, *shape), generator=g, device=device),                 # posterior sample noise
             "drop": torch.rand(n, generator=g, device=device) < d.caption_dropout,
             "flip": torch.rand(n, generator=g, device=device) < (0.5 if d.random_flip else 0.0),
         }
 
     def loss(self, run: Run, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.streamed:  # this micro-batch's rows, read from the shards
+            z0, emb = self.enc.inputs(b["idx"], b["flip"], b["drop"], b["post"], self.scaling_factor)
+            return diffusion_loss(model, z0, emb, b["t"], b["eps"], self.alphas_cumprod, self.prediction_type,
+                                  self.cfg.min_snr_gamma, **self.loss_options())
         z0 = batch_latents(self.enc, self.comps.vae, b["idx"], b["flip"], b["post"], self.scaling_factor)
         rows = caption_rows(self.enc, b["idx"], b["drop"])
         if self.enc.text_embeddings is not None:
@@ -561,7 +577,8 @@ class UNetTask(Task):
         pipe.save_pretrained(run.out / "final", dtype=torch.float16 if self.cfg.export_dtype == "float16" else None)
         return {"heldout_loss_initial": run.state.get("heldout_loss_initial"), "heldout_loss_final_ema": final_val,
                 "prediction_type": self.prediction_type,
-                "zero_terminal_snr": bool(self.comps.scheduler_config.rescale_betas_zero_snr), "cache_key": self.enc.key}
+                "zero_terminal_snr": bool(self.comps.scheduler_config.rescale_betas_zero_snr), "cache_key": self.enc.key,
+                **(self.enc.summary() if self.streamed else {})}
 
 
 def train(cfg: UNetTrainConfig, resume: str | None = None, config_path: str | None = None, overwrite: bool = False) -> dict:

@@ -798,6 +798,31 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             item[col] = value
         return item
 
+    # ------------------------------------------------------------------ for caches built item by item
+
+    def rgb(self, index: int) -> Image.Image:
+        """Item ``index``'s image as 8-bit RGB at its own size (EXIF rotation applied, no transform)."""
+        return _to_rgb(self._load(self._records[index]), expected_modes=self._expected_modes)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of :meth:`rgb` from the file header only (nothing decoded)."""
+        record = self._records[index]
+        src = record.path if record.path is not None else self._hf_image_source(self._hf[record.row][self._image_column])
+        with _open(src) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90°: exif_transpose swaps them
+                w, h = h, w
+        return w, h
+
+    def identity(self, index: int) -> str:
+        """What identifies item ``index``'s content without decoding it, for cache keys: the file's
+        path, size and modification time, or the ``datasets`` fingerprint and row."""
+        record = self._records[index]
+        if record.path is not None:
+            st = os.stat(record.path)
+            return f"{record.path}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{getattr(self._hf, '_fingerprint', self.source)}:{record.row}"
+
     def _load(self, record: _Record) -> Image.Image:
         if record.path is not None:
             return _read_image(record.path, draft_size=self.resolution)[0]
