@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from latentdiff.diversity import diversity_report, diversity_words, has_word, pairwise_mean_difference
+from latentdiff.diversity import (
+    diversity_markdown,
+    diversity_report,
+    diversity_words,
+    has_word,
+    pairwise_mean_difference,
+)
 
 
 class ImagePipe:
@@ -79,6 +85,7 @@ def test_report_zero_for_a_seed_blind_model_about_one_for_a_real_sampler(real):
     d = diversity_report(blind, words, real.images, real.captions, features=features, seeds=4, progress=False)
     assert d["pixel"]["generated"] == 0 and d["feature"]["generated"] == 0
     assert d["pixel"]["real"] > 0.05 and all(r["n_real"] == len(rows[r["word"]]) for r in d["rows"])
+    assert "| **mean** | | 0.000 |" in "\n".join(diversity_markdown(d))
 
     sampler = ImagePipe(lambda p, s: real.images[rows[p][(7 * s + 3) % len(rows[p])]])
     d = diversity_report(sampler, words, real.images, real.captions, features=features, seeds=8, progress=False)
