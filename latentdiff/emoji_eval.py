@@ -182,13 +182,15 @@ def object_gallery(data: ImageSet) -> tuple[torch.Tensor, list[str]]:
 
 
 @torch.no_grad()
-def object_judge(images: torch.Tensor, gallery: tuple[torch.Tensor, list[str]], chunk: int = 32) -> list[str]:
-    """The caption of the gallery entry whose silhouette is nearest (highest soft IoU), per image."""
+def object_judge(images: torch.Tensor, gallery: tuple[torch.Tensor, list[str]], chunk: int = 32,
+                 k: int = 1) -> list[str] | list[list[str]]:
+    """The caption of the gallery entry whose silhouette is nearest (highest soft IoU), per image;
+    with ``k`` > 1 the captions of the ``k`` nearest, nearest first."""
     sil, names = gallery
     out = []
     for i in range(0, len(images), chunk):
-        best = soft_iou(silhouette(images[i:i + chunk]), sil).argmax(1)
-        out += [names[int(k)] for k in best]
+        best = soft_iou(silhouette(images[i:i + chunk]), sil).topk(k, dim=1).indices
+        out += [[names[int(j)] for j in row] if k > 1 else names[int(row[0])] for row in best]
     return out
 
 
@@ -221,13 +223,15 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
     texts = [p["prompt"] for p in prompts]
     images, _ = generate(pipe, texts, seed=seed, batch_size=batch_size, progress=progress, desc="composition", **gen)
     gallery = object_gallery(data)
-    seen = object_judge(images, gallery)
+    top = object_judge(images, gallery, k=5)
+    seen = [t[0] for t in top]
     objects = set(object_rows(data))
     rows = []
     for k, p in enumerate(prompts):
         got_colour = dominant_colour(images[k])
         rows.append({**p, "seen_colour": got_colour, "seen_object": seen[k], "colour_ok": got_colour == p["colour"],
-                     "object_ok": seen[k] == p["object"], "fallback": seen[k] not in objects})
+                     "object_ok": seen[k] == p["object"], "object_top5": p["object"] in top[k],
+                     "fallback": seen[k] not in objects})
     n = len(rows)
 
     def rate(key, among=rows):
@@ -235,7 +239,7 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
 
     out = {"n": n, "colour": rate("colour_ok"), "object": rate("object_ok"),
            "both": sum(r["colour_ok"] and r["object_ok"] for r in rows) / n if n else None,
-           "fallback": rate("fallback"), "n_objects": len({r["object"] for r in rows}),
+           "object_top5": rate("object_top5"), "fallback": rate("fallback"), "n_objects": len({r["object"] for r in rows}),
            "per_colour": {c: {"n": len(rs), "colour": rate("colour_ok", rs), "object": rate("object_ok", rs)}
                           for c in COLOUR_WORDS if (rs := [r for r in rows if r["colour"] == c])},
            "rows": rows, "images": images}
@@ -248,8 +252,10 @@ def composition_markdown(c: dict) -> list[str]:
     v = c.get("judge_validation")
     out = [f"### Composition: colour × object prompts the data never shows ({c['n']} prompts, {c['n_objects']} "
            "objects)", "",
-           "| colour right | object right (silhouette) | both | fell back to a coloured shape |", "|---|---|---|---|",
-           f"| {_pct(c['colour'])} | {_pct(c['object'])} | **{_pct(c['both'])}** | {_pct(c['fallback'])} |", ""]
+           "| colour right | object right (silhouette) | both | fell back to a coloured shape | object in the 5 nearest |",
+           "|---|---|---|---|---|",
+           f"| {_pct(c['colour'])} | {_pct(c['object'])} | **{_pct(c['both'])}** | {_pct(c['fallback'])} | "
+           f"{_pct(c.get('object_top5'))} |", ""]
     if v:
         out += [f"object judge on {v['n']} real object images, hue-rotated, shifted, zoomed and blurred: "
                 f"**{_pct(v['accuracy'])}** right (chance {_pct(v['chance'])}); per rotation "

@@ -1047,15 +1047,18 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
     from latentdiff import emoji_eval
     from latentdiff.diversity import diversity_report
 
+    t0 = time.perf_counter()
     if "diversity" in sections:
         words = [w.strip() for w in args.diversity_prompts.split(",") if w.strip()] if args.diversity_prompts \
             else emoji_eval.emoji_diversity_words(both.captions, args.diversity_words)
         results["diversity"] = diversity_report(
             pipe, words, both.images, both.captions, features=(lambda x: evaluator_outputs(net, x)[1]) if net else None,
             seeds=args.diversity_seeds, **common, **gen)
+        results["diversity"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "composition" in sections:
         prompts = emoji_eval.composition_prompts(both, limit=args.composition_limit or None)
         results["composition"] = emoji_eval.composition_report(pipe, both, prompts, **common, **gen)
+        results["composition"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "style" in sections:
         if net is not None and "style" in net.heads:  # the data has a style column: the evaluator knows it
             style_net, style_test = net, test_full
@@ -1074,6 +1077,7 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
                                           **{k: v for k, v in meta.items() if k != "label_names"}}
         results["style"] = emoji_eval.style_report(pipe, style_net, style_test, test_set.captions[:args.style_limit],
                                                    **common, **gen)
+        results["style"]["seconds"] = round(time.perf_counter() - t0, 1)  # includes training the classifier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,14 +75,15 @@ def test_report_separates_colour_from_object(data, prompts):
     draws_object = ImagePipe(lambda p, s: data.images[index[p.split(" ", 1)[1]]])
     r = EE.composition_report(draws_object, data, sample, progress=False, validate=False)
     # the object's own image: judged as that object; its colours never include the asked one (< 10% share)
-    assert r["object"] > 0.9 and r["colour"] == 0 and r["both"] == 0 and r["fallback"] == 0
+    assert r["object"] > 0.9 and r["object_top5"] >= r["object"] and r["colour"] == 0 and r["both"] == 0
+    assert r["fallback"] == 0
     recoloured = ImagePipe(lambda p, s: EE.hue_rotate(data.images[index[p.split(" ", 1)[1]]], 180))
     assert EE.composition_report(recoloured, data, sample, progress=False, validate=False)["object"] > 0.8
     heart = ImagePipe(lambda p, s: data.images[index[f"{p.split(' ', 1)[0]} heart"]])
     r = EE.composition_report(heart, data, sample, progress=False, validate=False)
     assert r["object"] == 0 and r["fallback"] == 1 and r["colour"] == 1 and r["both"] == 0
     text = "\n".join(EE.composition_markdown(r))
-    assert "| 100.0% | 0.0% | **0.0%** | 100.0% |" in text  # colour, object, both, fallback
+    assert "| 100.0% | 0.0% | **0.0%** | 100.0% | 0.0% |" in text  # colour, object, both, fallback, top 5
 
 
 def test_no_objects_is_a_clear_error():
