@@ -907,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diversity-prompts", default=None, help="comma-separated words instead (e.g. face,cat,heart)")
     p.add_argument("--diversity-seeds", type=int, default=8, help="images per word (default: 8)")
     p.add_argument("--composition-limit", type=int, default=96,
-                   help="colour × object prompts (a fixed spread-out sample; 0 = all ~3,300; default: 96)")
+                   help="colour × object prompts (a fixed spread-out sample; 0 = all 2,796 of the emoji; default: 96)")
     p.add_argument("--styles", default="noto,symbola",
                    help="emoji styles the style classifier tells apart (default: noto,symbola)")
     p.add_argument("--style-dataset", default="emoji", help="the styles are read as STYLE_DATASET:STYLE (default: emoji)")
