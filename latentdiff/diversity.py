@@ -114,7 +114,8 @@ def diversity_markdown(d: dict) -> list[str]:
         return "–" if x is None else f"{x:.{digits}f}"
 
     out = [f"### Seed diversity ({d['n_words']} one-word prompts × {d['seeds']} seeds; mean pairwise difference)", "",
-           "| word | real images | pixel, generated | pixel, real | ratio | feature, generated | feature, real | ratio |",
+           "| word | real images | pixel, generated | pixel, real | ratio | feature, generated | feature, real "
+           "| ratio |",
            "|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         out.append(f"| {r['word']} | {r['n_real']} | {num(r['pixel'])} | {num(r['real_pixel'])} | "

@@ -239,7 +239,8 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
 
     out = {"n": n, "colour": rate("colour_ok"), "object": rate("object_ok"),
            "both": sum(r["colour_ok"] and r["object_ok"] for r in rows) / n if n else None,
-           "object_top5": rate("object_top5"), "fallback": rate("fallback"), "n_objects": len({r["object"] for r in rows}),
+           "object_top5": rate("object_top5"), "fallback": rate("fallback"),
+           "n_objects": len({r["object"] for r in rows}),
            "per_colour": {c: {"n": len(rs), "colour": rate("colour_ok", rs), "object": rate("object_ok", rs)}
                           for c in COLOUR_WORDS if (rs := [r for r in rows if r["colour"] == c])},
            "rows": rows, "images": images}
@@ -252,7 +253,8 @@ def composition_markdown(c: dict) -> list[str]:
     v = c.get("judge_validation")
     out = [f"### Composition: colour × object prompts the data never shows ({c['n']} prompts, {c['n_objects']} "
            "objects)", "",
-           "| colour right | object right (silhouette) | both | fell back to a coloured shape | object in the 5 nearest |",
+           "| colour right | object right (silhouette) | both | fell back to a coloured shape "
+           "| object in the 5 nearest |",
            "|---|---|---|---|---|",
            f"| {_pct(c['colour'])} | {_pct(c['object'])} | **{_pct(c['both'])}** | {_pct(c['fallback'])} | "
            f"{_pct(c.get('object_top5'))} |", ""]
@@ -295,7 +297,8 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
     names = real_test.label_names["style"]
     pred, _ = evaluator_outputs(net, real_test.images)
     truth = real_test.labels["style"]
-    real = {s: float((pred["style"][truth == k] == k).float().mean()) for k, s in enumerate(names) if (truth == k).any()}
+    real = {s: float((pred["style"][truth == k] == k).float().mean())
+            for k, s in enumerate(names) if (truth == k).any()}
     out = {"styles": names, "n": len(captions), "real_accuracy": real,
            "real_accuracy_mean": float(np.mean(list(real.values())))}
     images, _ = generate(pipe, list(captions), seed=seed, batch_size=batch_size, progress=progress,
@@ -317,12 +320,14 @@ def style_markdown(s: dict) -> list[str]:
     names = s["styles"]
     out = [f"### Styles ({s['n']} test captions per variant; style classifier trained on real images)", "",
            "| images | " + " | ".join(f"judged {n}" for n in names) + " |", "|---|" + "---|" * len(names)]
-    out.append("| real test (accuracy per style) | " + " | ".join(_pct(s["real_accuracy"].get(n)) for n in names) + " |")
+    out.append("| real test (accuracy per style) | "
+               + " | ".join(_pct(s["real_accuracy"].get(n)) for n in names) + " |")
     out.append("| plain caption | " + " | ".join(_pct(s["plain_distribution"][n]) for n in names) + " |")
     for n in names:
         d = s["suffixed"][n]["distribution"]
         out.append(f"| \"…, {n} style\" | " + " | ".join(_pct(d[t]) for t in names) + " |")
-    out += ["", f"suffixed generations judged as the asked style: **{_pct(s['suffixed_mean'])}** (mean over styles)", ""]
+    out += ["", f"suffixed generations judged as the asked style: **{_pct(s['suffixed_mean'])}** "
+            "(mean over styles)", ""]
     return out
 
 
@@ -332,7 +337,8 @@ def _pct(x) -> str:
 
 __all__ = [
     "OBJECT_GROUPS", "SHAPE_NOUNS", "DIVERSITY_STOP", "strip_skin_tone", "emoji_diversity_words", "hsv_to_rgb",
-    "hue_rotate", "object_rows", "colour_shares", "composition_prompts", "silhouette", "soft_iou", "object_gallery", "object_judge",
+    "hue_rotate", "object_rows", "colour_shares", "composition_prompts", "silhouette", "soft_iou", "object_gallery",
+    "object_judge",
     "validate_object_judge", "composition_report", "composition_markdown", "load_style_set", "style_prompt",
     "style_report", "style_markdown",
 ]

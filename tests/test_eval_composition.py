@@ -12,7 +12,15 @@ import torch
 
 from latentdiff import emoji_eval as EE
 from latentdiff.diversity import caption_words
-from latentdiff.evaluation import COLOUR_NOUNS, COLOUR_WORDS, ImageSet, align_labels, dominant_colour, load_image_set, rgb_to_hsv
+from latentdiff.evaluation import (
+    COLOUR_NOUNS,
+    COLOUR_WORDS,
+    ImageSet,
+    align_labels,
+    dominant_colour,
+    load_image_set,
+    rgb_to_hsv,
+)
 
 
 class ImagePipe:
