@@ -19,6 +19,10 @@ markdown tables and writes JSON). What is measured:
   the ODE solution does not vanish with more steps (it samples a different image).
 * **Guidance sweep**: accuracy, Fréchet distance and colour obedience vs the classifier-free
   guidance scale (Ho & Salimans 2022).
+* **Diversity** (:mod:`latentdiff.diversity`): mean pairwise difference between images from 8 seeds
+  for generic one-word prompts, next to the real images matching the word.
+* **Composition** and **style** (:mod:`latentdiff.emoji_eval`): colour × object prompts the data
+  never shows, judged for colour and silhouette; a style classifier's verdict on "…, <style> style".
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ SKIN_TONE_RE = re.compile(r"(?<![\w-])(medium-light|medium-dark|light|medium|dar
 EVALUATOR_WEIGHTS = "evaluator.safetensors"
 EVALUATOR_META = "evaluator.json"
 DEFAULT_SECTIONS = ("real", "generated", "colour", "skin", "samplers", "guidance")
+EXTRA_SECTIONS = ("diversity", "composition", "style")  # opt-in (--sections): they need the emoji data
 
 
 # --------------------------------------------------------------------------- data
@@ -796,6 +801,15 @@ def markdown_report(results: dict) -> str:
             out.append(f"| {r['guidance_scale']:g} | " + " | ".join(_pct(r.get("accuracy", {}).get(c)) for c in cols)
                        + f" | {_num(r.get('fd'))} | {_pct(r.get('colour_rate'))} |")
         out.append("")
+    if "diversity" in results:
+        from latentdiff.diversity import diversity_markdown
+
+        out += diversity_markdown(results["diversity"])
+    if "composition" in results or "style" in results:
+        from latentdiff import emoji_eval
+
+        out += emoji_eval.composition_markdown(results["composition"]) if "composition" in results else []
+        out += emoji_eval.style_markdown(results["style"]) if "style" in results else []
     return "\n".join(out)
 
 
@@ -841,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
   latentdiff eval --model runs/emoji/final --sections samplers --samplers ddim,dpmpp_2m --sampler-steps 10,20
   latentdiff eval --sections samplers --samplers ddim,dpmpp_2m --sampler-spacings trailing,logsnr
   latentdiff eval --model runs/emoji/final --sections guidance --guidance-scales 1,3,5,7.5
+  latentdiff eval --sections diversity,composition,style --diversity-words 12 --composition-limit 64 --style-limit 16
 """,
     )
     p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
@@ -850,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-columns", default="group,subgroup", help="label columns (default: group,subgroup)")
     p.add_argument("--resolution", type=int, default=64, help="resolution real images are read at (default: 64)")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                   help=f"comma-separated subset of {','.join(DEFAULT_SECTIONS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(DEFAULT_SECTIONS + EXTRA_SECTIONS)} (default: "
+                        f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--evaluator", default=None,
                    help="evaluator folder (default: runs/evaluator-DATASET); trained there if missing")
     p.add_argument("--train-evaluator", action="store_true", help="(re)train the evaluator even if it exists")
@@ -886,6 +902,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--grid", default=None, help="write a labelled PNG grid of --grid-prompts here")
     p.add_argument("--grid-prompts", default=None, help="'|'-separated prompts for --grid (default: a mix)")
+    p.add_argument("--diversity-words", type=int, default=20,
+                   help="generic one-word prompts taken from the captions for the diversity section (default: 20)")
+    p.add_argument("--diversity-prompts", default=None, help="comma-separated words instead (e.g. face,cat,heart)")
+    p.add_argument("--diversity-seeds", type=int, default=8, help="images per word (default: 8)")
+    p.add_argument("--composition-limit", type=int, default=96,
+                   help="colour × object prompts (a fixed spread-out sample; 0 = all 2,796 of the emoji; default: 96)")
+    p.add_argument("--styles", default="noto,symbola",
+                   help="emoji styles the style classifier tells apart (default: noto,symbola)")
+    p.add_argument("--style-dataset", default="emoji", help="the styles are read as STYLE_DATASET:STYLE (default: emoji)")
+    p.add_argument("--style-limit", type=int, default=32, help="test captions per style variant (default: 32)")
+    p.add_argument("--style-evaluator-epochs", type=int, default=8,
+                   help="epochs of the separate style classifier when the evaluator has no style head (default: 8)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -936,9 +964,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run the sections named in ``args.sections`` (see :func:`build_parser`); returns the results dict
     (tensors included under "images" keys; :func:`_jsonable` drops them)."""
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(DEFAULT_SECTIONS))
+    unknown = sorted(set(sections) - set(DEFAULT_SECTIONS + EXTRA_SECTIONS))
     if unknown:
-        raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(DEFAULT_SECTIONS)}")
+        raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(DEFAULT_SECTIONS + EXTRA_SECTIONS)}")
     cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
     progress = not args.no_progress
     check_eval_inputs(args, sections)
@@ -948,10 +976,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                              train_set.label_names)
     test_set = test_full.subset(range(min(len(test_full), args.limit or len(test_full))))
 
-    needs_net = bool({"real", "generated", "samplers", "guidance"} & set(sections)) and cols
+    needs_net = bool({"real", "generated", "samplers", "guidance", "diversity"} & set(sections)
+                     or ("style" in sections and "style" in cols)) and cols
     net = None
+    folder = Path(args.evaluator or f"runs/evaluator-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}")
     if needs_net:
-        folder = Path(args.evaluator or f"runs/evaluator-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}")
         net, meta = get_evaluator(folder, train_set, retrain=args.train_evaluator, epochs=args.evaluator_epochs,
                                   width=args.evaluator_width, resolution=args.evaluator_resolution, seed=args.seed,
                                   device=args.device, progress=progress, dataset=args.dataset)
@@ -979,7 +1008,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         images, _ = generate(pipe, test_set.captions, desc="test captions", **common, **gen)
         results["generated"] = generated_report(net, images, test_set)
         results["generated"]["fd_reference"] = reference_fd(net, train_set, test_set, seed=args.seed)
-    both = ImageSet(torch.cat([train_set.images, test_full.images]), train_set.captions + test_full.captions)
+    both = ImageSet(torch.cat([train_set.images, test_full.images]), train_set.captions + test_full.captions,
+                    {c: torch.cat([train_set.labels[c], test_full.labels[c]]) for c in cols}, train_set.label_names)
     if "colour" in sections:
         results["colour"] = colour_report(pipe, colour_prompts, reference=both, **common, **gen)
     if "skin" in sections:
@@ -1002,12 +1032,52 @@ def evaluate(args: argparse.Namespace) -> dict:
         results["guidance"] = guidance_report(pipe, sweep_set, net, _floats(args.guidance_scales),
                                               colour_prompts=colour_prompts, steps=args.steps, sampler=args.sampler,
                                               timestep_spacing=args.spacing, **common)
+    if {"diversity", "composition", "style"} & set(sections):
+        _emoji_sections(args, sections, results, pipe, net, folder, both, test_full, test_set, common, gen)
     if args.grid:
         prompts = args.grid_prompts.split("|") if args.grid_prompts else list(DEFAULT_GRID_PROMPTS)
         images, _ = generate(pipe, prompts, desc="grid", **common, **gen)
         save_labelled_grid(images, prompts, args.grid)
         results["grid"] = {"path": str(args.grid), "prompts": prompts}
     return results
+
+
+def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full, test_set, common, gen) -> None:
+    """The diversity, composition and style sections (:mod:`latentdiff.diversity`, :mod:`latentdiff.emoji_eval`)."""
+    from latentdiff import emoji_eval
+    from latentdiff.diversity import diversity_report
+
+    t0 = time.perf_counter()
+    if "diversity" in sections:
+        words = [w.strip() for w in args.diversity_prompts.split(",") if w.strip()] if args.diversity_prompts \
+            else emoji_eval.emoji_diversity_words(both.captions, args.diversity_words)
+        results["diversity"] = diversity_report(
+            pipe, words, both.images, both.captions, features=(lambda x: evaluator_outputs(net, x)[1]) if net else None,
+            seeds=args.diversity_seeds, **common, **gen)
+        results["diversity"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
+    if "composition" in sections:
+        prompts = emoji_eval.composition_prompts(both, limit=args.composition_limit or None)
+        results["composition"] = emoji_eval.composition_report(pipe, both, prompts, **common, **gen)
+        results["composition"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
+    if "style" in sections:
+        if net is not None and "style" in net.heads:  # the data has a style column: the evaluator knows it
+            style_net, style_test = net, test_full
+        else:
+            styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+            base = args.style_dataset
+            progress = common["progress"]
+            style_train = emoji_eval.load_style_set(styles, args.train_split, args.resolution, base, progress)
+            style_test = emoji_eval.load_style_set(styles, args.test_split, args.resolution, base, progress)
+            style_folder = folder.with_name(f"{folder.name}-style-{'+'.join(style_train.label_names['style'])}")
+            style_net, meta = get_evaluator(style_folder, style_train, retrain=args.train_evaluator,
+                                            epochs=args.style_evaluator_epochs, width=args.evaluator_width,
+                                            resolution=args.evaluator_resolution, seed=args.seed, device=args.device,
+                                            progress=progress, dataset=f"{base}:{'+'.join(styles)}")
+            results["style_evaluator"] = {"folder": str(style_folder),
+                                          **{k: v for k, v in meta.items() if k != "label_names"}}
+        results["style"] = emoji_eval.style_report(pipe, style_net, style_test, test_set.captions[:args.style_limit],
+                                                   **common, **gen)
+        results["style"]["seconds"] = round(time.perf_counter() - t0, 1)  # includes training the classifier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,114 @@
+"""The composition section (latentdiff.emoji_eval): the HSV inverse and hue rotation, the prompt set
+(never a colour/object pair of the data), the silhouette judge on recoloured real images, and the
+report on stand-in models that draw the object (object right, colour wrong by construction) or fall
+back to a heart of the asked colour (colour right, object wrong)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from latentdiff import emoji_eval as EE
+from latentdiff.diversity import caption_words
+from latentdiff.evaluation import (
+    COLOUR_NOUNS,
+    COLOUR_WORDS,
+    ImageSet,
+    align_labels,
+    dominant_colour,
+    load_image_set,
+    rgb_to_hsv,
+)
+
+
+class ImagePipe:
+    def __init__(self, draw):
+        self.draw = draw
+
+    def __call__(self, prompts, *, seed, output_type, **_):
+        return SimpleNamespace(latents=torch.stack([self.draw(p, s) for p, s in zip(prompts, seed)]))
+
+    def decode_latents(self, z):
+        return z
+
+
+@pytest.fixture(scope="module")
+def data():
+    train = load_image_set("emoji", "train", 64, ["group", "subgroup"])
+    test = align_labels(load_image_set("emoji", "test", 64, ["group", "subgroup"]), train.label_names)
+    return ImageSet(torch.cat([train.images, test.images]), train.captions + test.captions,
+                    {c: torch.cat([train.labels[c], test.labels[c]]) for c in train.labels}, train.label_names)
+
+
+@pytest.fixture(scope="module")
+def prompts(data):
+    return EE.composition_prompts(data)
+
+
+def test_hsv_inverse_and_hue_rotation(data):
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(EE.hsv_to_rgb(*rgb_to_hsv(x)), x, atol=1e-9)
+    assert torch.allclose(EE.hue_rotate(EE.hue_rotate(EE.hue_rotate(x, 120), 120), 120), x, atol=1e-9)
+    heart = data.images[data.captions.index("red heart")]
+    assert [dominant_colour(EE.hue_rotate(heart, d)) for d in (0, 120, 240)] == ["red", "green", "blue"]
+
+
+def test_composition_set_never_occurs_in_the_data(data, prompts):
+    captions = set(data.captions)
+    words = [set(caption_words(c)) for c in data.captions]
+    objects = EE.object_rows(data)
+    assert len(prompts) > 1000 and {p["colour"] for p in prompts} == set(COLOUR_WORDS)
+    for p in prompts:
+        assert p["prompt"] == f"{p['colour']} {p['object']}" and p["prompt"] not in captions
+        assert not any(p["colour"] in w and p["object"] in w for w in words), p
+        assert p["object"] not in (*COLOUR_NOUNS, *EE.SHAPE_NOUNS) and p["object"] in objects
+        for i in objects[p["object"]]:  # the colour is (nearly) absent from every real image of the object
+            assert EE.colour_shares(data.images[i]).get(p["colour"], 0) < EE.OBJECT_COLOUR_SHARE
+    groups = {data.label_names["group"][int(data.labels["group"][i])] for r in objects.values() for i in r}
+    assert groups <= set(EE.OBJECT_GROUPS)
+    assert EE.composition_prompts(data, limit=10) == prompts[:10]  # deterministic; the limit takes a prefix
+
+
+def test_object_judge_sees_recoloured_real_objects(data):
+    gallery = EE.object_gallery(data)
+    v = EE.validate_object_judge(data, gallery, degrees=(180,))
+    assert v["accuracy"] > 0.6 and v["accuracy"] > 50 * v["chance"]
+
+
+def test_report_separates_colour_from_object(data, prompts):
+    sample = prompts[:24]
+    index = {c: i for i, c in enumerate(data.captions)}
+    draws_object = ImagePipe(lambda p, s: data.images[index[p.split(" ", 1)[1]]])
+    r = EE.composition_report(draws_object, data, sample, progress=False, validate=False)
+    # the object's own image: judged as that object; its colours never include the asked one (< 10% share)
+    assert r["object"] > 0.9 and r["object_top5"] >= r["object"] and r["colour"] == 0 and r["both"] == 0
+    assert r["fallback"] == 0
+    recoloured = ImagePipe(lambda p, s: EE.hue_rotate(data.images[index[p.split(" ", 1)[1]]], 180))
+    assert EE.composition_report(recoloured, data, sample, progress=False, validate=False)["object"] > 0.8
+    heart = ImagePipe(lambda p, s: data.images[index[f"{p.split(' ', 1)[0]} heart"]])
+    r = EE.composition_report(heart, data, sample, progress=False, validate=False)
+    assert r["object"] == 0 and r["fallback"] == 1 and r["colour"] == 1 and r["both"] == 0
+    text = "\n".join(EE.composition_markdown(r))
+    assert "| 100.0% | 0.0% | **0.0%** | 100.0% | 0.0% |" in text  # colour, object, both, fallback, top 5
+
+
+def test_no_objects_is_a_clear_error():
+    shapes = ImageSet(torch.ones(2, 3, 8, 8), ["red circle", "blue square"])
+    with pytest.raises(ValueError, match="no colour × object prompts"):
+        EE.composition_prompts(shapes)
+
+
+def test_eval_cli_composition(tmp_path, tiny_pipeline_dir):
+    import json
+
+    from latentdiff import evaluation as E
+
+    torch.set_num_threads(1)
+    out = tmp_path / "r.json"
+    assert E.main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--sections", "composition",
+                   "--composition-limit", "3", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["composition"]
+    assert r["n"] == len(r["rows"]) == 3 and 0 <= r["both"] <= 1 and r["judge_validation"]["n"] > 100
+    assert {"prompt", "colour", "object", "seen_colour", "seen_object", "colour_ok", "object_ok"} <= set(r["rows"][0])

@@ -1,0 +1,99 @@
+"""The style section (latentdiff.emoji_eval): the two-style image set, a style head trained by the
+evaluator's own trainer that tells Noto from Symbola on real test images, the report on a stand-in
+model that draws the asked style, and ``latentdiff eval --sections diversity,style`` end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from latentdiff import emoji_eval as EE
+from latentdiff import evaluation as E
+
+
+class ImagePipe:
+    def __init__(self, draw):
+        self.draw = draw
+
+    def __call__(self, prompts, *, seed, output_type, **_):
+        return SimpleNamespace(latents=torch.stack([self.draw(p, s) for p, s in zip(prompts, seed)]))
+
+    def decode_latents(self, z):
+        return z
+
+
+@pytest.fixture(scope="module")
+def sets():
+    return EE.load_style_set(["symbola", "noto"], "train", 32), EE.load_style_set(["noto", "symbola"], "test", 32)
+
+
+@pytest.fixture(scope="module")
+def style_net(sets):
+    torch.set_num_threads(1)
+    train, _ = sets
+    g = torch.Generator().manual_seed(0)
+    pick = torch.cat([torch.randperm(int(n), generator=g)[:300] + off for n, off in  # 300 per style
+                      zip(torch.bincount(train.labels["style"]), (0, int((train.labels["style"] == 0).sum())))])
+    return E.train_evaluator(train.subset(pick.tolist()), epochs=4, batch_size=32, width=8, resolution=16,
+                             progress=False)
+
+
+def test_style_set_labels(sets):
+    train, test = sets
+    assert train.label_names == test.label_names == {"style": ["noto", "symbola"]}
+    noto = E.load_image_set("emoji", "test", 32)
+    assert int((test.labels["style"] == 0).sum()) == len(noto) and test.captions[:len(noto)] == noto.captions
+    assert torch.equal(test.images[:len(noto)], noto.images)
+    assert int((test.labels["style"] == 1).sum()) == len(test) - len(noto) > 0
+    with pytest.raises(ValueError, match="at least 2 styles"):
+        EE.load_style_set(["noto", "noto"], "test", 32)
+
+
+def test_style_head_separates_noto_from_symbola(style_net, sets):
+    _, test = sets
+    pred, _ = E.evaluator_outputs(style_net, test.images)
+    for k in (0, 1):
+        rows = test.labels["style"] == k
+        assert float((pred["style"][rows] == k).float().mean()) > 0.9
+
+
+def test_report_on_a_model_that_draws_the_asked_style(style_net, sets):
+    _, test = sets
+    noto = [i for i in range(len(test)) if test.labels["style"][i] == 0]
+    symbola = [i for i in range(len(test)) if test.labels["style"][i] == 1]
+
+    def draw(prompt, seed):
+        rows = symbola if prompt.endswith(", symbola style") else noto
+        return test.images[rows[seed % len(rows)]]
+
+    captions = test.captions[:12]
+    r = EE.style_report(ImagePipe(draw), style_net, test, captions, progress=False)
+    assert r["real_accuracy"]["noto"] > 0.9 and r["real_accuracy"]["symbola"] > 0.9
+    assert r["suffixed"]["symbola"]["judged_as_asked"] > 0.9 and r["suffixed"]["noto"]["judged_as_asked"] > 0.9
+    assert r["plain_distribution"]["noto"] > 0.9
+    text = "\n".join(EE.style_markdown(r))
+    assert '"…, symbola style"' in text and "judged symbola" in text
+
+
+def test_eval_cli_diversity_and_style(tmp_path, tiny_pipeline_dir):
+    from test_clip_eval import write_folder_dataset
+
+    torch.set_num_threads(1)
+    write_folder_dataset(tmp_path / "data")
+    out = tmp_path / "r.json"
+    base = ["--model", str(tiny_pipeline_dir), "--dataset", str(tmp_path / "data"), "--label-columns", "group",
+            "--resolution", "32", "--evaluator", str(tmp_path / "ev"), "--evaluator-epochs", "1",
+            "--evaluator-resolution", "16", "--evaluator-width", "8", "--no-progress", "--steps", "2"]
+    assert E.main(base + ["--sections", "diversity,style", "--diversity-prompts", "circle,square",
+                          "--diversity-seeds", "3", "--style-limit", "2", "--style-evaluator-epochs", "1",
+                          "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [row["word"] for row in r["diversity"]["rows"]] == ["circle", "square"]
+    assert r["diversity"]["pixel"]["generated"] > 0 and r["diversity"]["rows"][0]["n_real"] == 18
+    assert r["style"]["styles"] == ["noto", "symbola"] and set(r["style"]["suffixed"]) == {"noto", "symbola"}
+    assert (tmp_path / "ev-style-noto+symbola" / E.EVALUATOR_META).is_file()
+    with pytest.raises(ValueError, match="no colour × object prompts"):
+        E.main(base + ["--sections", "composition"])
