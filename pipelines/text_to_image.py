@@ -173,6 +173,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         self.alphas_cumprod = alphas_cumprod_for_sampling(scheduler_config.alphas_cumprod())
         self.prompt_normalization = "a1111"  # how (word:1.3) weights apply: a1111 | comfy | none
         self.lora_dir: str | None = None     # where <lora:name:w> prompt tags are looked up
+        self.compiled: str | None = None     # the torch.compile mode once compile() has run
         for m in (unet, vae, text_encoder):
             m.eval().requires_grad_(False)
 
@@ -402,6 +403,31 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
 
         return copy.deepcopy(self.vae).float()
 
+    def compile(self, mode: str | None = None, *, vae: bool = True, backend: str = "inductor") -> "TextToImagePipeline":
+        """``torch.compile`` the U-Net (and the VAE decoder) in place, once: later calls reuse the compiled
+        code, and Inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``) makes the next process's first
+        compile much shorter. Shapes are static (``dynamic=False``): every new (batch, height, width) is
+        compiled once on its first call, then never again. The weights, ``state_dict`` keys and
+        ``save_pretrained`` are unchanged; the outputs equal eager ones to float rounding (≤ 1e-3).
+
+        ``mode``: torch.compile's; by default ``"reduce-overhead"`` (CUDA graphs: one launch per step instead
+        of hundreds) for a U-Net under 200 M parameters on CUDA, where launches dominate, else ``"default"``.
+        Compiling is slow on first use (about 2 minutes for the tiny test model on one loaded CPU core, 7 s
+        with the cache warm), so it pays off for many images with the same shape (``latentdiff serve``,
+        ``-n 64``), not for one."""
+        if self.compiled is not None:
+            return self
+        device = self.device
+        if mode is None:
+            small = sum(p.numel() for p in self.unet.parameters()) < 200_000_000
+            mode = "reduce-overhead" if device.type == "cuda" and small else "default"
+        options = {"mode": mode} if backend == "inductor" else {}  # (other backends take no mode)
+        self.unet.compile(dynamic=False, backend=backend, **options)
+        if vae:  # one call per image: CUDA graphs would buy nothing there
+            self.vae.decoder.compile(dynamic=False, backend=backend)
+        self.compiled = mode
+        return self
+
     def enable_vae_tiling(self, enabled: bool = True) -> None:
         """Tiled VAE encode/decode (diffusers' ``AutoencoderKL.enable_tiling``): memory grows with the
         tile, not the image, for large images; seams are blended."""
@@ -583,6 +609,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         prompt_normalization: str | None = None,
         lora_dir: str | os.PathLike | None = None,
         check_memory: bool = True,
+        compile: bool | str = False,
     ) -> PipelineOutput:
         """Generate images. ``seed`` (int → seeds seed, seed+1, … per image, or a list) makes each
         image reproducible on its own; ``generator`` is the diffusers-style alternative.
@@ -622,9 +649,14 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         estimated against what the device has (:meth:`check_memory`; ``check_memory=False`` skips
         it). NaN or Inf in the latents or the decoded images stop with :class:`NonFiniteError`
         naming the cause, instead of returning a black image.
+
+        ``compile=True`` (or a torch.compile mode) compiles the U-Net and VAE decoder on the first such call
+        (:meth:`compile`); the pipeline then stays compiled.
         """
         from latentdiff.prompts import extract_lora_tags
 
+        if compile:
+            self.compile(None if compile is True else compile)
         tags: dict[str, float] = {}
         if prompt_embeds is None:
             _check_texts("prompt", prompt, allow_none=False)
@@ -905,7 +937,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
     def _denoiser(self, cond, uncond, guidance_scale, guidance_rescale, classifier, class_label, classifier_scale,
                   batch, shape, concat, unet_dtype=None):
         denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type, concat=concat,
-                                dtype=unet_dtype)
+                                dtype=unet_dtype, cudagraphs=self.compiled == "reduce-overhead")
         if guidance_scale == 1.0:
             denoiser = Conditioned(denoiser, cond)
         else:
