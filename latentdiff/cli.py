@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -387,6 +388,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: dispatch(argv[0], argv[1:]))
 
 
+def entry() -> None:
+    """The ``latentdiff`` console script: :func:`main`, then, after ``generate``, an exit without the
+    interpreter's teardown: unloading torch, diffusers and transformers module by module takes ~1.5 s
+    on the 2-core development CPU, after the images are already written (every file we write is closed
+    and renamed into place before ``main`` returns). Logging, stdout and stderr are flushed first. Other
+    commands (training writes TensorBoard logs at exit) end normally."""
+    argv = sys.argv[1:]
+    rc = main(argv)
+    if argv[:1] == ["generate"]:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 def dispatch(cmd: str, rest: list[str]) -> int:
     """Run one subcommand; errors propagate to :func:`latentdiff.errors.run_cli`."""
     if cmd == "generate":
@@ -410,4 +427,4 @@ def dispatch(cmd: str, rest: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
