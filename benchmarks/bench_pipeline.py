@@ -13,6 +13,7 @@ config's random weights; ``--compile`` compares ``ours.compile()`` (U-Net and VA
     python benchmarks/bench_pipeline.py --model emoji --batch 1 8 32 --threads 1 --rss
     python benchmarks/bench_pipeline.py --config configs/tiny.yaml --batch 1 8 32 --threads 1 --compile
     python benchmarks/bench_pipeline.py --config configs/sd15.yaml --batch 1 --steps 3 --repeats 2 --device cuda
+    python benchmarks/bench_pipeline.py --config configs/sd15.yaml --batch 1 --steps 2 --repeats 2 --warmup 1 --latent
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def timed_pair(fn_a, fn_b, repeats: int, sync) -> tuple[list[float], list[float]]:
-    """Alternate a and b (after a warm-up of each) so clock ramps and background load hit both alike."""
-    for fn in (fn_a, fn_b, fn_a, fn_b):  # warm-up: allocations, oneDNN/cuDNN kernel selection, GPU clocks
+def timed_pair(fn_a, fn_b, repeats: int, sync, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Alternate a and b (after ``warmup`` calls of each) so clock ramps and background load hit both alike."""
+    for fn in (fn_a, fn_b) * warmup:  # warm-up: allocations, oneDNN/cuDNN kernel selection, GPU clocks, compiling
         fn()
     sync()
     out_a, out_b = [], []
@@ -67,6 +68,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each pipeline first")
+    p.add_argument("--latent", action="store_true", help="stop at the latents (no VAE decode): per-step timing")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write results here")
@@ -111,17 +114,18 @@ def main(argv=None):
                 ours.compile()
             if theirs is not None:
                 theirs.unet = torch.compile(theirs.unet)
+        out_type = "latent" if args.latent else "np"
         for b in args.batch:
             prompts = ["a red apple on a table"] * b
 
             def run_ours(prompts=prompts):  # DDIM with diffusers' timestep spacing, η = 0
                 ours(prompts, sampler="ddim", num_inference_steps=args.steps, guidance_scale=args.guidance,
-                     seed=0, output_type="np", height=size, width=size, timestep_spacing=spacing, eta=0.0)
+                     seed=0, output_type=out_type, height=size, width=size, timestep_spacing=spacing, eta=0.0)
 
             def run_theirs(prompts=prompts, b=b):
                 gens = [torch.Generator().manual_seed(i) for i in range(b)]
                 theirs(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens,
-                       output_type="np", height=size, width=size)
+                       output_type=out_type, height=size, width=size)
 
             if args.only:  # a --rss child: this pipeline alone, then its peak RSS
                 fn = run_ours if args.only == "ours" else run_theirs
@@ -134,7 +138,7 @@ def main(argv=None):
                 sync()
                 print(json.dumps({"loaded_rss_mib": loaded, "peak_rss_mib": _memory_mib()["VmHWM"]}))
                 return None
-            t_ours, t_theirs = timed_pair(run_ours, run_theirs, args.repeats, sync)
+            t_ours, t_theirs = timed_pair(run_ours, run_theirs, args.repeats, sync, args.warmup)
             row = {"batch": b, "ours_s": statistics.median(t_ours), "diffusers_s": statistics.median(t_theirs)}
             row["ratio"] = row["ours_s"] / row["diffusers_s"]
             row["ours_images_per_s"] = b / row["ours_s"]
@@ -152,6 +156,7 @@ def main(argv=None):
                            "--threads", str(torch.get_num_threads()), "--only", who]
                     cmd += ["--model", folder] if args.model else ["--config", args.config]
                     cmd += ["--compile"] if args.compile else []
+                    cmd += ["--latent"] if args.latent else []
                     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True)
                                      .stdout.strip().splitlines()[-1])
                     row[f"{who}_loaded_rss_mib"], row[f"{who}_peak_rss_mib"] = out["loaded_rss_mib"], out["peak_rss_mib"]

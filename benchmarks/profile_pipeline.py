@@ -179,7 +179,7 @@ def main(argv=None):
     labels.sort(key=lambda k: (k == "rest of the pipeline", -rows["latentdiff"]["stages_s"].get(k, 0.0)))
     print(f"\nms per call (mean of {n}), batch {args.batch}, {args.steps} steps, threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.2f}")
-    print(f"| stage | latentdiff | diffusers |\n|---|---|---|")
+    print("| stage | latentdiff | diffusers |\n|---|---|---|")
     for k in labels:
         a, b = rows["latentdiff"]["stages_s"].get(k), rows["diffusers"]["stages_s"].get(k)
         fmt = lambda v: "–" if v is None else f"{v * 1e3:.2f}"  # noqa: E731
