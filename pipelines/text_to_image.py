@@ -72,6 +72,7 @@ LATENTDIFF_FILE = "latentdiff.json"  # our extras beside model_index.json (sampl
 TRAINER_FILES = ("training_config.yaml", "training_summary.json")
 KEPT_FILES = ("README.md", ".gitattributes", ".git")
 MAX_SEED = 2**63 - 1
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def available_memory(device: torch.device) -> int:
@@ -415,6 +416,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         Compiling is slow on first use (about 2 minutes for the tiny test model on one loaded CPU core, 7 s
         with the cache warm), so it pays off for many images with the same shape (``latentdiff serve``,
         ``-n 64``), not for one."""
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
         if self.compiled is not None:
             return self
         device = self.device

@@ -42,3 +42,9 @@ def test_inductor_compiled_images_equal_eager(tiny_pipe):
     assert tiny_pipe.compiled == "default"
     np.testing.assert_allclose(compiled, eager, atol=1e-3)
     torch._dynamo.reset()
+
+
+def test_unknown_compile_mode_is_refused_before_compiling(tiny_pipe):
+    with pytest.raises(ValueError, match="compile mode must be one of default, reduce-overhead"):
+        tiny_pipe("red apple", compile="fastest", **KW)
+    assert tiny_pipe.compiled is None
