@@ -72,7 +72,7 @@ LATENTDIFF_FILE = "latentdiff.json"  # our extras beside model_index.json (sampl
 TRAINER_FILES = ("training_config.yaml", "training_summary.json")
 KEPT_FILES = ("README.md", ".gitattributes", ".git")
 MAX_SEED = 2**63 - 1
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+COMPILE_MODES = ("default", "lite", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def available_memory(device: torch.device) -> int:

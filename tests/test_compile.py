@@ -45,6 +45,6 @@ def test_inductor_compiled_images_equal_eager(tiny_pipe):
 
 
 def test_unknown_compile_mode_is_refused_before_compiling(tiny_pipe):
-    with pytest.raises(ValueError, match="compile mode must be one of default, reduce-overhead"):
+    with pytest.raises(ValueError, match="compile mode must be one of default, lite, reduce-overhead"):
         tiny_pipe("red apple", compile="fastest", **KW)
     assert tiny_pipe.compiled is None
