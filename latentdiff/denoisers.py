@@ -44,25 +44,38 @@ class UNetDenoiser:
     """
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 concat: torch.Tensor | None = None):
+                 concat: torch.Tensor | None = None, dtype: torch.dtype | None = None, cudagraphs: bool = False):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
         self.unet = unet
+        # the network's compute dtype, looked up once: diffusers' ``unet.dtype`` walks every submodule
+        # (~1 ms for the emoji U-Net, as long as a whole step of the tiny one's Python)
+        self.dtype = unet.dtype if dtype is None else dtype
+        # a U-Net compiled with CUDA graphs ("reduce-overhead") writes every output into the same memory:
+        # each call starts a new graph step and the output is copied before the next one overwrites it
+        self.cudagraphs = cudagraphs
         self.alphas_cumprod = alphas_cumprod.to(torch.float64)
         self.prediction_type = prediction_type
         self.concat = concat
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *, cond: torch.Tensor, **unet_kwargs) -> torch.Tensor:
         # x: (B, C, h, w) latents; t: (B,) long timesteps; cond: (B, 77, D) text embeddings
-        dtype = self.unet.dtype
+        dtype = self.dtype
         t = t if torch.is_tensor(t) else torch.tensor([t] * x.shape[0])
         x_in = x
         if self.concat is not None:
             extra = self.concat.to(x.dtype)
             x_in = torch.cat([x, extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)], dim=1)
         t_net = t.float() if t.is_floating_point() else t  # float32 like diffusers' σ schedulers (mps has no float64)
-        out = self.unet(x_in.to(dtype), t_net.to(x.device), encoder_hidden_states=cond.to(dtype), return_dict=False,
-                        **unet_kwargs)[0].to(x.dtype)
+        # without autograd (sampling), inference mode also skips autograd's per-op bookkeeping (version
+        # counters, view tracking): the same numbers, ~4% less time for the tiny U-Net on CPU. Under
+        # enable_grad (a loss or guidance through the network) the forward records its graph as usual.
+        with torch.inference_mode(not torch.is_grad_enabled()):
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self.unet(x_in.to(dtype), t_net.to(x.device), encoder_hidden_states=cond.to(dtype),
+                            return_dict=False, **unet_kwargs)[0]
+        out = out.to(x.dtype, copy=self.cudagraphs)
         if self.prediction_type == "v_prediction":
             out = predict_eps_from_v(x, t, out, self.alphas_cumprod)
         return out
