@@ -80,10 +80,13 @@ def main(argv=None) -> int:
         if label == "before":  # the token with the vector training started from
             from safetensors.torch import load_file, save_file
 
-            init = torch.tensor(summary["initial_vectors"]) if "initial_vectors" in summary else None
-            if init is None:
-                table = pipe.text_encoder.get_input_embeddings().weight.detach()
-                init = table.mean(0, keepdim=True).repeat(load_file(str(learned))[a.token].shape[0], 1)
+            n = load_file(str(learned))[a.token].shape[0]
+            table = pipe.text_encoder.get_input_embeddings().weight.detach()
+            if summary.get("init_word"):  # as train/embedding.add_tokens starts them
+                ids = pipe.tokenizer(summary["init_word"], add_special_tokens=False).input_ids
+                init = table[[ids[i % len(ids)] for i in range(n)]].clone()
+            else:
+                init = table.mean(0, keepdim=True).repeat(n, 1)
             with tempfile.TemporaryDirectory() as tmp:
                 f = Path(tmp) / "init.safetensors"
                 save_file({a.token: init.contiguous()}, str(f))

@@ -859,6 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
 """,
     )
     p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="evaluate the model with this LoRA loaded (repeatable), e.g. an LCM-LoRA with --sampler lcm")
     p.add_argument("--dataset", default="emoji", help="dataset source for build_dataset (default: emoji)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="test")
@@ -995,6 +997,10 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     pipe = TextToImagePipeline.from_pretrained(args.model, device=args.device)
     results["model"] = args.model
+    for spec in args.lora:
+        path, _, scale = spec.rpartition(":") if spec.rpartition(":")[2].replace(".", "", 1).isdigit() else (spec, "", "1")
+        pipe.load_lora(path, scale=float(scale))
+    results["lora"] = list(args.lora)
     gen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance,
            "timestep_spacing": args.spacing}
     results["sampling"] = {"sampler": args.sampler or pipe.defaults.sampler,
