@@ -58,7 +58,7 @@ class EmbeddingTrainConfig:
     gradient_checkpointing: bool = False
     cpu_threads: int = 0
     data: EmbeddingDataConfig = field(default_factory=lambda: EmbeddingDataConfig(source=""))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=4, learning_rate=5e-3,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=4, learning_rate=1e-3,
                                                                    max_train_steps=500, adam_weight_decay=0.0))
     ema: EMAConfig = field(default_factory=EMAConfig)
     min_snr_gamma: float = 5.0
