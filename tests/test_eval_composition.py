@@ -5,7 +5,6 @@ back to a heart of the asked colour (colour right, object wrong)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,16 +21,7 @@ from latentdiff.evaluation import (
     rgb_to_hsv,
 )
 
-
-class ImagePipe:
-    def __init__(self, draw):
-        self.draw = draw
-
-    def __call__(self, prompts, *, seed, output_type, **_):
-        return SimpleNamespace(latents=torch.stack([self.draw(p, s) for p, s in zip(prompts, seed)]))
-
-    def decode_latents(self, z):
-        return z
+from stand_ins import ImagePipe
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ does nothing (diversity 0) or draws a random matching real image (diversity ~ re
 from __future__ import annotations
 
 import itertools
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,18 +17,7 @@ from latentdiff.diversity import (
     pairwise_mean_difference,
 )
 
-
-class ImagePipe:
-    """A stand-in pipeline whose latents are images: ``draw(prompt, seed)`` -> (3, H, W) in [0, 1]."""
-
-    def __init__(self, draw):
-        self.draw = draw
-
-    def __call__(self, prompts, *, seed, output_type, **_):
-        return SimpleNamespace(latents=torch.stack([self.draw(p, s) for p, s in zip(prompts, seed)]))
-
-    def decode_latents(self, z):
-        return z
+from stand_ins import ImagePipe
 
 
 def test_pairwise_mean_difference_is_the_mean_over_pairs():

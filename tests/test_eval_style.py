@@ -5,7 +5,6 @@ model that draws the asked style, and ``latentdiff eval --sections diversity,sty
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,16 +12,7 @@ import torch
 from latentdiff import emoji_eval as EE
 from latentdiff import evaluation as E
 
-
-class ImagePipe:
-    def __init__(self, draw):
-        self.draw = draw
-
-    def __call__(self, prompts, *, seed, output_type, **_):
-        return SimpleNamespace(latents=torch.stack([self.draw(p, s) for p, s in zip(prompts, seed)]))
-
-    def decode_latents(self, z):
-        return z
+from stand_ins import ImagePipe
 
 
 @pytest.fixture(scope="module")
