@@ -420,7 +420,7 @@ def dispatch(cmd: str, rest: list[str]) -> int:
             raise ValueError(f"Unknown trainer {rest[0]!r}; choose one of {', '.join(TRAINERS)}")
         return importlib.import_module(TRAINERS[rest[0]]).main(rest[1:]) or 0
     if cmd == "eval":
-        return importlib.import_module("latentdiff.evaluation").main(rest) or 0
+        return importlib.import_module("latentdiff.eval_cli").main(rest) or 0
     if cmd == "push":
         return importlib.import_module("latentdiff.hub").push_main(rest) or 0
     if cmd == "serve":

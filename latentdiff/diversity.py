@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from latentdiff.evaluation import generate
+
 WORD_RE = re.compile(r"[a-z]+")
 
 
@@ -79,7 +81,6 @@ def diversity_report(pipe, words: Sequence[str], real_images: torch.Tensor, real
     statistic over the real images whose caption contains the word (the first ``max_real`` of them);
     ratio = generated / real. The summary ratio is mean generated / mean real over the words that
     have ≥ 2 real images. ``features`` maps images (N, 3, H, W) to (N, D)."""
-    from latentdiff.evaluation import generate
 
     if seeds < 2:
         raise ValueError(f"diversity needs at least 2 seeds per prompt, got {seeds}")

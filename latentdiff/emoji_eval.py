@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from latentdiff.diversity import caption_words
 from latentdiff.evaluation import (
+    _blur,
     COLOUR_NOUNS,
     COLOUR_WORDS,
     SKIN_TONE_RE,
@@ -199,7 +200,6 @@ def validate_object_judge(data: ImageSet, gallery: tuple[torch.Tensor, list[str]
     """The object judge on real object images, hue-rotated by each of ``degrees``, shifted by up to
     ±2 pixels, zoomed by up to ±8% and blurred (what a generated image differs by): the share judged as
     their own object. ``chance`` = 1 / number of gallery captions."""
-    from latentdiff.evaluation import _blur
 
     objects = object_rows(data)
     rows = [i for r in objects.values() for i in r]

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image, ImageColor, ImageDraw
 
+from latentdiff import eval_cli
 from latentdiff import evaluation as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +283,7 @@ def test_eval_end_to_end_on_tiny_pipeline(tmp_path, tiny_pipeline_dir):
     base = ["--model", str(tiny_pipeline_dir), "--dataset", str(tmp_path / "data"), "--label-columns", "group",
             "--resolution", "32", "--evaluator", str(tmp_path / "ev"), "--evaluator-epochs", "1",
             "--evaluator-resolution", "16", "--evaluator-width", "8", "--no-progress"]
-    assert E.main(base + ["--limit", "6", "--colour-limit", "3", "--sampler-limit", "2", "--samplers", "ddim,dpmpp_2m",
+    assert eval_cli.main(base + ["--limit", "6", "--colour-limit", "3", "--sampler-limit", "2", "--samplers", "ddim,dpmpp_2m",
                           "--sampler-steps", "2,4", "--sampler-spacings", "trailing,logsnr", "--reference-steps", "8", "--guidance-scales", "1,3", "--steps", "2",
                           "--batch-size", "8", "--out", str(out), "--grid", str(grid),
                           "--grid-prompts", "red circle|blue square"]) == 0
@@ -298,6 +299,6 @@ def test_eval_end_to_end_on_tiny_pipeline(tmp_path, tiny_pipeline_dir):
     # the evaluator was cached: a second run loads it instead of training
     meta = tmp_path / "ev" / E.EVALUATOR_META
     stamp = meta.stat().st_mtime_ns
-    assert E.main(base + ["--sections", "real", "--out", str(out)]) == 0
+    assert eval_cli.main(base + ["--sections", "real", "--out", str(out)]) == 0
     assert meta.stat().st_mtime_ns == stamp
     assert set(json.loads(out.read_text())) >= {"real", "evaluator"}

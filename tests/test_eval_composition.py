@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latentdiff import eval_cli
 from latentdiff import emoji_eval as EE
 from latentdiff.diversity import caption_words
 from latentdiff.evaluation import (
@@ -97,7 +98,7 @@ def test_eval_cli_composition(tmp_path, tiny_pipeline_dir):
 
     torch.set_num_threads(1)
     out = tmp_path / "r.json"
-    assert E.main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--sections", "composition",
+    assert eval_cli.main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--sections", "composition",
                    "--composition-limit", "3", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
     r = json.loads(out.read_text())["composition"]
     assert r["n"] == len(r["rows"]) == 3 and 0 <= r["both"] <= 1 and r["judge_validation"]["n"] > 100

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from latentdiff import eval_cli
 from latentdiff import emoji_eval as EE
 from latentdiff import evaluation as E
 
@@ -77,7 +78,7 @@ def test_eval_cli_diversity_and_style(tmp_path, tiny_pipeline_dir):
     base = ["--model", str(tiny_pipeline_dir), "--dataset", str(tmp_path / "data"), "--label-columns", "group",
             "--resolution", "32", "--evaluator", str(tmp_path / "ev"), "--evaluator-epochs", "1",
             "--evaluator-resolution", "16", "--evaluator-width", "8", "--no-progress", "--steps", "2"]
-    assert E.main(base + ["--sections", "diversity,style", "--diversity-prompts", "circle,square",
+    assert eval_cli.main(base + ["--sections", "diversity,style", "--diversity-prompts", "circle,square",
                           "--diversity-seeds", "3", "--style-limit", "2", "--style-evaluator-epochs", "1",
                           "--out", str(out)]) == 0
     r = json.loads(out.read_text())
@@ -86,4 +87,4 @@ def test_eval_cli_diversity_and_style(tmp_path, tiny_pipeline_dir):
     assert r["style"]["styles"] == ["noto", "symbola"] and set(r["style"]["suffixed"]) == {"noto", "symbola"}
     assert (tmp_path / "ev-style-noto+symbola" / E.EVALUATOR_META).is_file()
     with pytest.raises(ValueError, match="no colour × object prompts"):
-        E.main(base + ["--sections", "composition"])
+        eval_cli.main(base + ["--sections", "composition"])

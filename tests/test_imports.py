@@ -1,5 +1,5 @@
 """The layering holds: no import cycle among latentdiff's modules, function-level imports included
-(tools/import_cycles.py walks the source with ast)."""
+(benchmarks/import_cycles.py walks the source with ast)."""
 
 import importlib.util
 import sys
@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("import_cycles", ROOT / "tools" / "import_cycles.py")
+    spec = importlib.util.spec_from_file_location("import_cycles", ROOT / "benchmarks" / "import_cycles.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("import_cycles", module)
     spec.loader.exec_module(module)

@@ -455,6 +455,32 @@ def load_validation_data(d: DataConfig, resolution: int) -> ImageData | None:
         return None
 
 
+# ----------------------------------------------------------------------------------------------
+# Captions: the table of unique captions, token ids, the frozen text encoder's embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """(N, 77) input ids, padded and truncated as the pipeline does."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def caption_table(captions: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Unique captions (sorted) + "" last, and each sample's row in that table."""
+    unique = sorted(set(captions) - {""})
+    table = unique + [""]
+    row = {c: i for i, c in enumerate(table)}
+    return table, torch.tensor([row[c] for c in captions], dtype=torch.long)
+
+
+@torch.no_grad()
+def encode_text(text_encoder, token_ids: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """Last hidden state (U, L, D) of the CLIP text encoder, as Stable Diffusion conditions on it."""
+    out = [text_encoder(token_ids[i:i + batch_size].to(device))[0].float() for i in range(0, len(token_ids), batch_size)]
+    return torch.cat(out)
+
+
 def to_pixels(images_u8: torch.Tensor, flip: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
     """uint8 (B, 3, R, R) → float in [-1, 1]; ``flip`` (B,) bool mirrors those images horizontally."""
     x = images_u8.to(dtype) / 127.5 - 1.0

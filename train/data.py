@@ -269,7 +269,7 @@ def shard_path(root: Path, plan: BucketPlan, j: int, k: int) -> Path:
 def build_shards(source: StreamedImages, plan: BucketPlan, root: Path, vae, text_encoder, tokenizer, *, key: str,
                  shard_size: int, flips: bool, num_workers: int, device) -> int:
     """Encode every missing shard; returns how many were written (0: the cache was complete)."""
-    from .unet import encode_text, tokenize
+    from .common import encode_text, tokenize
 
     chunks: list[tuple[int, int, list[int]]] = []  # (bucket, shard, items), each one VAE batch
     for j in range(len(plan.buckets)):
@@ -309,14 +309,14 @@ def build_shards(source: StreamedImages, plan: BucketPlan, root: Path, vae, text
 def prepare_streamed(source: StreamedImages, comps, cfg, run, cache_dir: Path) -> "StreamedLatents":
     """Plan the buckets, build the missing shards (local main process; the others wait), and open
     the cache for per-batch reads. The plan is also written to ``output_dir/bucket_plan.json``."""
-    from .unet import encode_text, tokenize
+    from .common import encode_text, tokenize
 
     d, accelerator, device = cfg.data, run.accelerator, run.device
     vae, te = comps.vae, comps.text_encoder
     factor = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(comps.unet.config.block_out_channels) - 1)
     plan = make_plan(source, d, factor)
     source.plan = plan if d.aspect_buckets else None
-    from .unet import caption_table
+    from .common import caption_table
 
     table, caption_index = caption_table(source.captions)  # (the captions themselves are in the fingerprint)
     tokens = hashlib.sha256(tokenize(comps.tokenizer, table).numpy().tobytes() + caption_index.numpy().tobytes())

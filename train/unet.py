@@ -42,9 +42,11 @@ from .common import (
     MixedPrecision,
     OptimConfig,
     cache_key,
+    caption_table,
     check_loop_settings,
     check_model_source,
     ema_copy,
+    encode_text,
     hash_module,
     load_image_data,
     load_tensors,
@@ -52,6 +54,7 @@ from .common import (
     run_main,
     save_tensors_atomic,
     to_pixels,
+    tokenize,
 )
 from .data import StreamedImages, check_streaming, prepare_streamed, streams
 from .loop import Run, Task
@@ -214,10 +217,6 @@ def build_components(cfg: UNetTrainConfig) -> Components:
     return Components(unet, vae, te, tok, sched, defaults, resolution)
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """(N, 77) input ids, padded and truncated as the pipeline does."""
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,14 +238,6 @@ class EncodedData:
     images: torch.Tensor | None = None
     token_ids: torch.Tensor | None = None
     key: str = ""
-
-
-def caption_table(captions: list[str]) -> tuple[list[str], torch.Tensor]:
-    """Unique captions (sorted) + "" last, and each sample's row in that table."""
-    unique = sorted(set(captions) - {""})
-    table = unique + [""]
-    row = {c: i for i, c in enumerate(table)}
-    return table, torch.tensor([row[c] for c in captions], dtype=torch.long)
 
 
 def cache_parts(data: ImageData, vae, text_encoder, token_ids: torch.Tensor, flips: bool, center_crop: bool) -> dict:
@@ -278,13 +269,6 @@ def encode_latent_stats(vae, images_u8: torch.Tensor, flips: bool, batch_size: i
         means.append(torch.cat(m))
         stds.append(torch.cat(s))
     return torch.stack(means), torch.stack(stds)
-
-
-@torch.no_grad()
-def encode_text(text_encoder, token_ids: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Last hidden state (U, L, D) of the CLIP text encoder, as Stable Diffusion conditions on it."""
-    out = [text_encoder(token_ids[i:i + batch_size].to(device))[0].float() for i in range(0, len(token_ids), batch_size)]
-    return torch.cat(out)
 
 
 def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accelerator, cache_dir: Path,

@@ -1,6 +1,6 @@
 """Fail on an import cycle among latentdiff's modules, function-level imports included.
 
-    python tools/import_cycles.py        # prints the cycles, exits 1 if there are any
+    python benchmarks/import_cycles.py        # prints the cycles, exits 1 if there are any
 
 A cycle hidden behind a function-level import still ties the modules into one: each needs the
 other to work, and the layering (files and constants, cards, the Hub, model resolution, ...) is
