@@ -94,7 +94,6 @@ def test_no_objects_is_a_clear_error():
 def test_eval_cli_composition(tmp_path, tiny_pipeline_dir):
     import json
 
-    from latentdiff import evaluation as E
 
     torch.set_num_threads(1)
     out = tmp_path / "r.json"
