@@ -33,7 +33,7 @@ latentdiff: latent text-to-image diffusion.
 
 commands:
   generate   generate images from a prompt (default: the built-in emoji model, offline)
-  train      train a model: vae | unet | clip | lora | classifier
+  train      train a model: vae | unet | clip | lora | embedding | lcm | classifier (one loop, train/loop.py)
   eval       evaluate a model on a captioned, labelled dataset
   push       upload a pipeline, LoRA or classifier folder to the Hugging Face Hub
   serve      A1111-compatible HTTP API (/sdapi/v1) and web UI (needs the 'serve' extra)
@@ -42,6 +42,8 @@ examples:
   latentdiff generate "red apple" --seed 0 --out outputs/
   latentdiff generate "blue heart" -n 8 --grid --sampler ddim --steps 50
   latentdiff train unet --config configs/emoji_unet.yaml --output-dir runs/emoji_unet
+  latentdiff train embedding --base emoji --data my_images/ --token "<my-emoji>"
+  latentdiff train lcm --config configs/emoji_lcm.yaml        # then: generate ... --sampler lcm --steps 4
   latentdiff eval --model emoji
   latentdiff push runs/emoji_unet/final user/emoji-model
   latentdiff serve --lora-dir loras/ --outputs outputs/
