@@ -27,7 +27,7 @@ STRENGTHS = [0.4, 0.5, 0.6, 0.7, 0.8]
 
 
 def foreground(images: torch.Tensor) -> torch.Tensor:
-    from latentdiff.evaluation import background_mask
+    from latentdiff.emoji_checks import background_mask
 
     return ~background_mask(images)
 
@@ -48,11 +48,8 @@ def main() -> None:
     args = p.parse_args()
     sections = set(args.sections.split(","))
 
-    from latentdiff.evaluation import (
-        colour_check,
-        load_image_set,
-        save_labelled_grid,
-    )
+    from latentdiff.emoji_checks import colour_check
+    from latentdiff.evaluation import load_image_set, save_labelled_grid
     from latentdiff.pipelines import TextToImagePipeline
 
     t0 = time.perf_counter()
@@ -124,9 +121,9 @@ def main() -> None:
 
 
 def inpaint(args, pipe, train, test, res, out) -> None:
+    from latentdiff.eval_cli import build_parser
     from latentdiff.evaluation import (
         accuracy,
-        build_parser,
         evaluator_outputs,
         get_evaluator,
         save_labelled_grid,

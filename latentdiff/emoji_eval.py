@@ -3,11 +3,11 @@ and the emoji's list of generic one-word prompts for the (generic) diversity che
 
 **Composition.** Prompts "<colour> <object>" that never occur in the data (:func:`composition_prompts`):
 
-* colours: :data:`latentdiff.evaluation.COLOUR_WORDS`;
+* colours: :data:`latentdiff.emoji_checks.COLOUR_WORDS`;
 * objects: captions that are one lower-case word, of the groups in :data:`OBJECT_GROUPS` (things with
   a shape of their own: animals, plants, food, objects, places, vehicles, sports gear — not people,
   faces, symbols or flags), except the nouns whose only feature is their colour
-  (:data:`~latentdiff.evaluation.COLOUR_NOUNS` and :data:`SHAPE_NOUNS`: hearts, circles, squares, …);
+  (:data:`~latentdiff.emoji_checks.COLOUR_NOUNS` and :data:`SHAPE_NOUNS`: hearts, circles, squares, …);
 * a pair (colour, object) is kept when no caption contains both words and in no real image of the
   object (any style in the data) that colour covers :data:`OBJECT_COLOUR_SHARE` or more of the
   coloured pixels (the Noto banana is 83% "orange" and 11% "yellow": neither "orange banana" nor
@@ -16,7 +16,7 @@ and the emoji's list of generic one-word prompts for the (generic) diversity che
   (``--composition-limit``) are a spread-out sample.
 
 Each image is judged twice: **colour** by the dominant-colour check
-(:func:`latentdiff.evaluation.dominant_colour`), **object** by silhouette (:func:`object_judge`): the
+(:func:`latentdiff.emoji_checks.dominant_colour`), **object** by silhouette (:func:`object_judge`): the
 foreground mask (non-background pixels, 32×32) is matched by soft IoU against a gallery of real
 images — every object of the set plus every "<colour> <shape>" image, the fallback the model takes —
 and the object is right when the nearest gallery entry is an image of that object. A silhouette
@@ -43,20 +43,27 @@ import torch
 import torch.nn.functional as F
 
 from latentdiff.diversity import caption_words
-from latentdiff.evaluation import (
-    _blur,
+from latentdiff.emoji_checks import (
     COLOUR_NOUNS,
     COLOUR_WORDS,
+    SKIN_TONES,
     SKIN_TONE_RE,
-    ImageSet,
     background_mask,
+    colour_check,
+    default_colour_prompts,
     dominant_colour,
+    pixel_colour_names,
+    rgb_to_hsv,
+    skin_tone_check,
+    skin_tone_sets,
+)
+from latentdiff.evaluation import (
+    _blur,
+    ImageSet,
     evaluator_outputs,
     generate,
     load_image_set,
-    pixel_colour_names,
     random_affine,
-    rgb_to_hsv,
 )
 
 OBJECT_GROUPS = ("Activities", "Animals & Nature", "Food & Drink", "Objects", "Travel & Places")
@@ -89,7 +96,7 @@ def emoji_diversity_words(captions: Sequence[str], n: int = 20) -> list[str]:
 
 
 def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`latentdiff.evaluation.rgb_to_hsv`: (…, H, W) each -> (…, 3, H, W)."""
+    """Inverse of :func:`latentdiff.emoji_checks.rgb_to_hsv`: (…, H, W) each -> (…, 3, H, W)."""
     h6 = (h % 360) / 60
     c = v * s
     x = c * (1 - (h6 % 2 - 1).abs())
@@ -342,3 +349,50 @@ __all__ = [
     "validate_object_judge", "composition_report", "composition_markdown", "load_style_set", "style_prompt",
     "style_report", "style_markdown",
 ]
+
+
+# --------------------------------------------------------------------------- colour and skin-tone reports
+
+
+def colour_report(pipe, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 32, reference: ImageSet | None = None,
+                  progress: bool = True, **gen) -> dict:
+    """Generate each colour prompt once and check its dominant colour; with ``reference``, also run
+    the check on the real images captioned "<colour> <noun>" for a noun of :data:`COLOUR_NOUNS`
+    (flat coloured shapes: validates the checker)."""
+    images, _ = generate(pipe, prompts, seed=seed, batch_size=batch_size, progress=progress, desc="colour", **gen)
+    out = colour_check(images, prompts)
+    out["images"] = images
+    if reference is not None:
+        wanted = set(default_colour_prompts())
+        rows = [i for i, c in enumerate(reference.captions) if c in wanted]
+        out["reference"] = colour_check(reference.images[rows], [reference.captions[i] for i in rows])
+    return out
+
+
+def skin_report(pipe, sets: list[list[str]], *, seed: int = 0, batch_size: int = 32, reference: ImageSet | None = None,
+                progress: bool = True, **gen) -> dict:
+    """Generate every set of five tone prompts with one shared initial noise per set (the tone word
+    is the only difference) and check the luminance ordering; ``reference`` runs the same check on
+    all complete five-tone sets of real images (validates the checker)."""
+    prompts = [p for s in sets for p in s]
+    seeds_per_prompt = [seed + k for k, s in enumerate(sets) for _ in s]
+    images = []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(prompts), batch_size), desc="skin tones", disable=not progress):
+        batch = prompts[i:i + batch_size]
+        out = pipe(batch, seed=seeds_per_prompt[i:i + len(batch)], output_type="latent",
+                   num_inference_steps=gen.get("steps"), sampler=gen.get("sampler"),
+                   guidance_scale=gen.get("guidance_scale"))
+        images.append(pipe.decode_latents(out.latents).float().cpu())
+    images = torch.cat(images) if images else torch.empty(0, 3, 1, 1)
+    result = skin_tone_check(images.reshape(len(sets), len(SKIN_TONES), *images.shape[1:])) if sets else \
+        {"sets": 0, "pairs_obeyed": None, "fully_ordered": None}
+    result["images"] = images
+    if reference is not None:  # every complete five-tone set of the real images
+        index = {c: i for i, c in enumerate(reference.captions)}
+        ref_sets = [[index[p] for p in s] for s in skin_tone_sets(reference.captions)]
+        if ref_sets:
+            ref = reference.images[torch.tensor(ref_sets)]
+            result["reference"] = skin_tone_check(ref)
+    return result

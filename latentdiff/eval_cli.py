@@ -16,29 +16,23 @@ import torch
 
 from latentdiff import emoji_eval
 from latentdiff.diversity import diversity_markdown, diversity_report
+from latentdiff.emoji_checks import colour_check, default_colour_prompts, skin_tone_sets
+from latentdiff.emoji_eval import colour_report, skin_report
 from latentdiff.evaluation import (
     DEFAULT_GRID_PROMPTS,
-    EVALUATOR_META,
-    EvaluatorNet,
     ImageSet,
     align_labels,
-    colour_report,
-    default_colour_prompts,
     evaluator_outputs,
     generate,
+    get_evaluator,
     generated_report,
     guidance_report,
-    load_evaluator,
     load_image_set,
     plot_sampler_report,
     real_report,
     reference_fd,
     sampler_report,
-    save_evaluator,
     save_labelled_grid,
-    skin_report,
-    skin_tone_sets,
-    train_evaluator,
 )
 
 logger = logging.getLogger("latentdiff.eval")
@@ -243,27 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def get_evaluator(folder: Path, train_set: ImageSet, *, retrain: bool, epochs: int, width: int, resolution: int,
-                  seed: int, device: str, progress: bool, dataset: str) -> tuple[EvaluatorNet, dict]:
-    """Load the cached evaluator, or train and cache it (if missing, or ``retrain``). A cached one
-    trained on other label names is refused."""
-    if not retrain and (folder / EVALUATOR_META).is_file():
-        net, meta = load_evaluator(folder, device)
-        if meta.get("label_names") != train_set.label_names:
-            raise ValueError(f"the evaluator in {folder} was trained on other labels ({list(meta.get('label_names', {}))}, "
-                             f"dataset {meta.get('dataset')!r}); pass --train-evaluator or another --evaluator folder")
-        logger.info("evaluator loaded from %s", folder)
-        return net, meta
-    logger.info("training the evaluator on %d images (%s) into %s", len(train_set), dataset, folder)
-    t0 = time.perf_counter()
-    net = train_evaluator(train_set, epochs=epochs, width=width, resolution=resolution, seed=seed, device=device,
-                          progress=progress)
-    meta = {"dataset": dataset, "label_names": train_set.label_names, "epochs": epochs, "seed": seed,
-            "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_set)}
-    save_evaluator(net, folder, meta)
-    return net, meta
-
-
 def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
     """Every input that a later stage would trip over, checked before the minutes of loading data and
     training the evaluator: the device, the model folder, the samplers, the output paths."""
@@ -359,7 +332,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if "guidance" in sections:
         sweep_set = test_set.subset(range(min(len(test_set), args.guidance_limit or len(test_set))))
         results["guidance"] = guidance_report(pipe, sweep_set, net, _floats(args.guidance_scales),
-                                              colour_prompts=colour_prompts, steps=args.steps, sampler=args.sampler,
+                                              colour_prompts=colour_prompts,
+                                              colour_rate=lambda ims, ps: colour_check(ims, ps)["rate"], steps=args.steps, sampler=args.sampler,
                                               timestep_spacing=args.spacing, **common)
     if {"diversity", "composition", "style"} & set(sections):
         _emoji_sections(args, sections, results, pipe, net, folder, both, test_full, test_set, common, gen)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageColor, ImageDraw
 
 from latentdiff import eval_cli
+from latentdiff import emoji_checks as EC
 from latentdiff import evaluation as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def write_folder_dataset(root: Path, splits=("train", "test"), size: int = 32) -
         folder = root / split
         folder.mkdir(parents=True)
         rows = []
-        for colour in E.COLOUR_WORDS:
+        for colour in EC.COLOUR_WORDS:
             for shape in SHAPES:
                 name = f"{colour}_{shape}.png"
                 shape_image(colour, shape, size, outline="gray").save(folder / name)
@@ -116,7 +117,7 @@ def test_rgb_to_hsv_matches_colorsys():
     px = torch.rand(3, 7, 9, generator=g)
     px[:, 0, 0] = torch.tensor([0.5, 0.5, 0.5])  # grey: hue undefined (0 in both)
     px[:, 0, 1] = 0.0
-    h, s, v = E.rgb_to_hsv(px)
+    h, s, v = EC.rgb_to_hsv(px)
     for i in range(7):
         for j in range(9):
             hh, ss, vv = colorsys.rgb_to_hsv(*px[:, i, j].tolist())
@@ -125,23 +126,23 @@ def test_rgb_to_hsv_matches_colorsys():
             assert v[i, j].item() == pytest.approx(vv, abs=1e-6)
 
 
-@pytest.mark.parametrize("colour", E.COLOUR_WORDS)
+@pytest.mark.parametrize("colour", EC.COLOUR_WORDS)
 def test_dominant_colour_of_pil_named_colours(colour):
     rgb = ImageColor.getrgb(colour)
     solid = to_tensor(Image.new("RGB", (16, 16), rgb))
-    assert E.dominant_colour(solid) == colour
+    assert EC.dominant_colour(solid) == colour
     for shape in SHAPES:  # a shape on a white background with a thin grey outline (grey is not counted)
-        assert E.dominant_colour(to_tensor(shape_image(rgb, shape, 48, outline="gray"))) == colour
+        assert EC.dominant_colour(to_tensor(shape_image(rgb, shape, 48, outline="gray"))) == colour
         if colour != "white":  # a black outline is a minority of the pixels (on white, it *is* the shape)
-            assert E.dominant_colour(to_tensor(shape_image(rgb, shape, 48, outline="black"))) == colour
+            assert EC.dominant_colour(to_tensor(shape_image(rgb, shape, 48, outline="black"))) == colour
         # an off-white background (as a VAE may decode it) is background, not "white"
-        assert E.dominant_colour(to_tensor(shape_image(rgb, shape, 48, background="gainsboro"))) == colour
+        assert EC.dominant_colour(to_tensor(shape_image(rgb, shape, 48, background="gainsboro"))) == colour
 
 
 def test_colour_check_counts_and_confusions():
     prompts = ["red heart", "blue circle", "green square", "grinning face"]
     images = torch.stack([to_tensor(shape_image(c, "circle")) for c in ("red", "orange", "green", "yellow")])
-    r = E.colour_check(images, prompts)
+    r = EC.colour_check(images, prompts)
     assert r["n"] == 3 and r["obeyed"] == 2 and r["rate"] == pytest.approx(2 / 3)
     assert r["confusions"] == [("blue circle", "orange")]
 
@@ -169,28 +170,28 @@ def test_skin_tone_ordering_on_synthetic_people():
     tones = skin_colours()
     # More dark hair on the lighter faces: counting hair as skin would reverse the ordering.
     sets = torch.stack([torch.stack([person(c, hair_rows=8 - 2 * k) for k, c in enumerate(tones)])])
-    r = E.skin_tone_check(sets)
+    r = EC.skin_tone_check(sets)
     assert r["sets"] == 1 and r["pairs_obeyed"] == 1.0 and r["fully_ordered"] == 1.0 and r["missing_skin"] == 0
-    lum = [r["mean_luminance"][t] for t in E.SKIN_TONES]
+    lum = [r["mean_luminance"][t] for t in EC.SKIN_TONES]
     assert lum == sorted(lum, reverse=True)
     expected = [0.299 * c[0] / 255 + 0.587 * c[1] / 255 + 0.114 * c[2] / 255 for c in tones]
     assert lum == pytest.approx(expected, abs=0.01)  # only skin pixels were averaged
 
     reversed_sets = sets.flip(1)
-    assert E.skin_tone_check(reversed_sets)["pairs_obeyed"] == 0.0
+    assert EC.skin_tone_check(reversed_sets)["pairs_obeyed"] == 0.0
     no_skin = sets.clone()
     no_skin[0, 2] = to_tensor(shape_image("blue", "circle"))
-    r = E.skin_tone_check(no_skin)
+    r = EC.skin_tone_check(no_skin)
     assert r["missing_skin"] == 1 and r["pairs_obeyed"] == pytest.approx(6 / 10)
 
 
 def test_skin_tone_sets_group_five_tones():
-    tones = E.SKIN_TONES
+    tones = EC.SKIN_TONES
     caps = [f"thumbs up: {t} skin tone" for t in tones] + ["thumbs up", "waving hand: dark skin tone",
                                                           "handshake: light skin tone, dark skin tone"]
-    assert E.skin_tone_sets(caps) == [[f"thumbs up: {t} skin tone" for t in tones]]
-    assert E.skin_tone_sets(caps, among=["waving hand: dark skin tone"]) == []
-    assert E.skin_tone_of("person: medium-dark skin tone, white hair") == "medium-dark"
+    assert EC.skin_tone_sets(caps) == [[f"thumbs up: {t} skin tone" for t in tones]]
+    assert EC.skin_tone_sets(caps, among=["waving hand: dark skin tone"]) == []
+    assert EC.skin_tone_of("person: medium-dark skin tone, white hair") == "medium-dark"
 
 
 # --------------------------------------------------------------------------- Fréchet distance

@@ -12,15 +12,8 @@ import torch
 from latentdiff import eval_cli
 from latentdiff import emoji_eval as EE
 from latentdiff.diversity import caption_words
-from latentdiff.evaluation import (
-    COLOUR_NOUNS,
-    COLOUR_WORDS,
-    ImageSet,
-    align_labels,
-    dominant_colour,
-    load_image_set,
-    rgb_to_hsv,
-)
+from latentdiff.emoji_checks import COLOUR_NOUNS, COLOUR_WORDS, dominant_colour, rgb_to_hsv
+from latentdiff.evaluation import ImageSet, align_labels, load_image_set
 
 from stand_ins import ImagePipe
 

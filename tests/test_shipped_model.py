@@ -53,7 +53,7 @@ def test_main_job_cli_writes_the_image_with_its_parameters(tmp_path):
 
 
 def test_colour_words_are_obeyed(emoji_pipe):
-    from latentdiff.evaluation import colour_check
+    from latentdiff.emoji_checks import colour_check
 
     out = emoji_pipe(COLOUR_PROMPTS, seed=0, output_type="latent")
     images = emoji_pipe.decode_latents(out.latents).float().cpu()
@@ -82,7 +82,7 @@ def test_diffusers_loads_the_shipped_folder_and_agrees(emoji_pipe):
 def test_prompt_weight_moves_the_image_monotonically(emoji_pipe):
     """'(blue:w) heart' on the shipped model: the share of blue pixels rises with w (a1111
     normalisation), at 6 steps and guidance 5 where the conditioning shows."""
-    from latentdiff.evaluation import COLOUR_WORDS, pixel_colour_names
+    from latentdiff.emoji_checks import COLOUR_WORDS, pixel_colour_names
 
     blue = COLOUR_WORDS.index("blue")
     shares = []

@@ -283,59 +283,35 @@ def accuracy_table(rows: list[dict], label_names: list[str], labels: torch.Tenso
 
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: Path, *, title: str, xlabel: str,
-              ylabel: str, y_range: tuple[float, float] = (0.0, 1.0), hlines: dict[str, float] | None = None,
-              size: tuple[int, int] = (640, 400)) -> None:
-    """A small line chart drawn with PIL (no plotting dependency): one coloured line per series,
-    dashed grey horizontal reference lines, axis ticks and a legend. Written atomically."""
-    from PIL import Image, ImageDraw
+              ylabel: str, y_range: tuple[float, float] = (0.0, 1.0), hlines: dict[str, float] | None = None) -> None:
+    """One line per series, dashed grey reference lines, a legend: matplotlib (Agg), written atomically.
+    Without matplotlib (the ``eval`` extra) the plot is skipped with a note; the table is the record."""
+    try:
+        import matplotlib
 
-    from latentdiff.images import save_png_atomic
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("no matplotlib (pip install 'latentdiff[eval]'): %s not drawn", path)
+        return
+    from latentdiff.fs import atomic_write
 
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-    W, H = size
-    left, right, top, bottom = 60, 20, 40, 50
-    im = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(im)
-    xs_all = [x for xs, _ in series.values() for x in xs]
-    x0, x1 = min(xs_all), max(xs_all)
-    x1 = x1 if x1 > x0 else x0 + 1
-    y0, y1 = y_range
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (W - left - right),
-                H - bottom - (min(max(y, y0), y1) - y0) / (y1 - y0) * (H - top - bottom))
-
-    d.rectangle([left, top, W - right, H - bottom], outline="black")
-    for i in range(6):  # y ticks
-        y = y0 + (y1 - y0) * i / 5
-        _, yy = px(x0, y)
-        d.line([left - 4, yy, left, yy], fill="black")
-        d.line([left + 1, yy, W - right - 1, yy], fill=(235, 235, 235))
-        d.text((6, yy - 6), f"{y:.2f}", fill="black")
-    for i in range(6):  # x ticks
-        x = x0 + (x1 - x0) * i / 5
-        xx, _ = px(x, y0)
-        d.line([xx, H - bottom, xx, H - bottom + 4], fill="black")
-        label = f"{x:.0f}" if x1 - x0 >= 10 else f"{x:g}"
-        d.text((xx - 3 * len(label), H - bottom + 8), label, fill="black")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    by_value: dict[float, list[str]] = {}
     for name, y in (hlines or {}).items():
-        _, yy = px(x0, y)
-        for xx in range(left, W - right, 8):
-            d.line([xx, yy, min(xx + 4, W - right), yy], fill=(128, 128, 128))
-        d.text((W - right - 6 * len(name) - 4, yy - 12), name, fill=(100, 100, 100))
-    for k, (name, (xs, ys)) in enumerate(series.items()):
-        c = colours[k % len(colours)]
-        pts = [px(x, y) for x, y in zip(xs, ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=c, width=2)
-        for x, y in pts:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
-        d.line([left + 10, top + 10 + 14 * k, left + 30, top + 10 + 14 * k], fill=c, width=2)
-        d.text((left + 36, top + 4 + 14 * k), name, fill="black")
-    d.text(((W - 6 * len(title)) / 2, 8), title, fill="black")
-    d.text(((W - 6 * len(xlabel)) / 2, H - 20), xlabel, fill="black")
-    d.text((6, top - 16), ylabel, fill="black")
-    save_png_atomic(im, path)
+        by_value.setdefault(round(y, 6), []).append(name)
+    for y, names in by_value.items():  # equal reference lines share one line and one label
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(" = ".join(names), (0.01, y), xycoords=("axes fraction", "data"), ha="left", va="bottom",
+                    color="dimgrey")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=y_range)
+    ax.grid(True, color="0.92")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
 
 
 def write_report(rows: list[dict], label_names: list[str], labels: torch.Tensor, out_dir: Path, title: str) -> str:

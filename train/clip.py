@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from latentdiff.config import load_config
-from latentdiff.evaluation import COLOUR_WORDS, SKIN_TONE_RE, SKIN_TONES, load_image_set, random_affine
+from latentdiff.emoji_checks import COLOUR_WORDS, SKIN_TONE_RE, SKIN_TONES
+from latentdiff.evaluation import load_image_set, random_affine
 from latentdiff.models import ModelConfig, TextEncoderConfig
 
 from . import loop
