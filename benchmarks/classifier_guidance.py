@@ -67,7 +67,8 @@ def guiding_classifier(args, device: str):
 
 def clean_judge(args, device: str):
     """The pixel-space evaluator of `latentdiff eval` (trained on real images once, cached)."""
-    from latentdiff.evaluation import get_evaluator, load_image_set
+    from latentdiff.evaluation import load_image_set
+    from latentdiff.train.evaluator import get_evaluator
 
     cols = ["group", "subgroup"]  # the same label columns as `latentdiff eval`, so its cache is shared
     train_set = load_image_set(args.dataset, "train", args.resolution, cols)

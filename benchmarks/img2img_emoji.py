@@ -122,10 +122,10 @@ def main() -> None:
 
 def inpaint(args, pipe, train, test, res, out) -> None:
     from latentdiff.eval_cli import build_parser
+    from latentdiff.train.evaluator import get_evaluator
     from latentdiff.evaluation import (
         accuracy,
         evaluator_outputs,
-        get_evaluator,
         save_labelled_grid,
     )
 

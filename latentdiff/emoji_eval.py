@@ -26,7 +26,7 @@ evaluator's subgroup head was tried first and rejected: it gets 32% of these sin
 on real train images and 7–10% once they are hue-rotated.
 
 **Style.** A style classifier is an :class:`~latentdiff.evaluation.EvaluatorNet` with a ``style``
-head, trained by :func:`latentdiff.evaluation.train_evaluator` on the real training images of every
+head, trained by :func:`latentdiff.train.evaluator.train_evaluator` on the real training images of every
 style (:func:`load_style_set`): the main evaluator when its data has a ``style`` column, otherwise a
 separate one cached beside it. :func:`style_report` gives its accuracy per style on real test images,
 the share of "<caption>, <style> style" generations judged as that style, and the distribution over

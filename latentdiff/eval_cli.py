@@ -18,13 +18,13 @@ from latentdiff import emoji_eval
 from latentdiff.diversity import diversity_markdown, diversity_report
 from latentdiff.emoji_checks import colour_check, default_colour_prompts, skin_tone_sets
 from latentdiff.emoji_eval import colour_report, skin_report
+from latentdiff.train.evaluator import get_evaluator
 from latentdiff.evaluation import (
     DEFAULT_GRID_PROMPTS,
     ImageSet,
     align_labels,
     evaluator_outputs,
     generate,
-    get_evaluator,
     generated_report,
     guidance_report,
     load_image_set,

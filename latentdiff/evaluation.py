@@ -175,47 +175,6 @@ def _blur(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor
     return torch.where(pick, blurred, x)
 
 
-def train_evaluator(train_set: ImageSet, *, epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
-                    width: int = 32, resolution: int = 32, seed: int = 0, device: str = "cpu",
-                    progress: bool = True) -> EvaluatorNet:
-    """Train an :class:`EvaluatorNet` on all label columns of ``train_set`` (summed cross-entropies,
-    label smoothing 0.1, AdamW with cosine decay, random shift/zoom and blur augmentation)."""
-    from tqdm.auto import tqdm
-
-    if not train_set.labels:
-        raise ValueError("the evaluator needs label columns (e.g. --label-columns group,subgroup)")
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    net = EvaluatorNet({c: len(n) for c, n in train_set.label_names.items()}, width, resolution).to(device)
-    # Resize once up front: the training loop then runs at the evaluator's own resolution.
-    with torch.no_grad():
-        images = (net.prepare(train_set.images) + 1) / 2
-    labels = {c: v.to(device) for c, v in train_set.labels.items()}
-    n = len(train_set)
-    steps_per_epoch = math.ceil(n / batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    net.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc="evaluator", disable=not progress)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for k in range(steps_per_epoch):
-            idx = perm[k * batch_size:(k + 1) * batch_size].to(device)
-            x = random_affine(images[idx], shift=resolution / 16, scale_jitter=0.1, generator=g, fill=1.0)
-            x = _blur(x, g, 0.5)
-            out = net(x)
-            loss = sum(F.cross_entropy(out[c], labels[c][idx], label_smoothing=0.1) for c in out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    bar.close()
-    return net.eval()
-
-
 def save_evaluator(net: EvaluatorNet, folder: str | Path, meta: dict) -> None:
     """``evaluator.safetensors`` + ``evaluator.json`` (architecture, label names, provenance), atomically."""
     from safetensors.torch import save_file
@@ -466,27 +425,6 @@ def guidance_report(pipe, real: ImageSet, net: EvaluatorNet | None, scales: Sequ
     return {"n": len(real), "n_colour": len(colour_prompts), "rows": rows}
 
 
-def get_evaluator(folder: Path, train_set: ImageSet, *, retrain: bool, epochs: int, width: int, resolution: int,
-                  seed: int, device: str, progress: bool, dataset: str) -> tuple[EvaluatorNet, dict]:
-    """Load the cached evaluator, or train and cache it (if missing, or ``retrain``). A cached one
-    trained on other label names is refused."""
-    if not retrain and (folder / EVALUATOR_META).is_file():
-        net, meta = load_evaluator(folder, device)
-        if meta.get("label_names") != train_set.label_names:
-            raise ValueError(f"the evaluator in {folder} was trained on other labels ({list(meta.get('label_names', {}))}, "
-                             f"dataset {meta.get('dataset')!r}); pass --train-evaluator or another --evaluator folder")
-        logger.info("evaluator loaded from %s", folder)
-        return net, meta
-    logger.info("training the evaluator on %d images (%s) into %s", len(train_set), dataset, folder)
-    t0 = time.perf_counter()
-    net = train_evaluator(train_set, epochs=epochs, width=width, resolution=resolution, seed=seed, device=device,
-                          progress=progress)
-    meta = {"dataset": dataset, "label_names": train_set.label_names, "epochs": epochs, "seed": seed,
-            "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_set)}
-    save_evaluator(net, folder, meta)
-    return net, meta
-
-
 # --------------------------------------------------------------------------- grids
 
 
@@ -528,8 +466,8 @@ DEFAULT_GRID_PROMPTS = ("red heart", "blue heart", "green circle", "yellow squar
                         "pizza", "rocket", "sun", "snowflake", "purple circle", "orange book")
 
 __all__ = [
-    "ImageSet", "load_image_set", "random_affine", "EvaluatorNet", "train_evaluator", "save_evaluator",
+    "ImageSet", "load_image_set", "random_affine", "EvaluatorNet", "save_evaluator",
     "load_evaluator", "evaluator_outputs", "accuracy", "align_labels", "frechet_distance", "generate", "real_report",
     "generated_report", "sampler_report", "guidance_report",
-    "save_labelled_grid", "get_evaluator",
+    "save_labelled_grid",
 ]

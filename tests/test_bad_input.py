@@ -635,10 +635,11 @@ def test_own_data_flat_folder_trains_without_a_test_split(tmp_path, capsys, capl
 
 
 def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, monkeypatch):
-    import latentdiff.evaluation as E
+    import latentdiff.eval_cli as C
+    import latentdiff.train.evaluator as EV
 
-    monkeypatch.setattr(E, "load_image_set", lambda *a, **k: pytest.fail("loaded data before checking --model"))
-    monkeypatch.setattr(E, "train_evaluator", lambda *a, **k: pytest.fail("trained before checking --model"))
+    monkeypatch.setattr(C, "load_image_set", lambda *a, **k: pytest.fail("loaded data before checking --model"))
+    monkeypatch.setattr(EV, "train_evaluator", lambda *a, **k: pytest.fail("trained before checking --model"))
     rc, _, err = run(capsys, "eval", "--model", tmp_path / "missing")
     assert rc == 2 and "not found" in one_error_line(err) and "missing" in err
     rc, _, err = run(capsys, "eval", "--samplers", "ddim,nope")

@@ -243,7 +243,9 @@ def test_evaluator_learns_groups_above_chance(tmp_path):
     groups = ("Flags", "Smileys & Emotion", "Food & Drink")
     train_set = emoji_subset("train", 40, groups)
     test_set = emoji_subset("test", 12, groups)
-    net = E.train_evaluator(train_set, epochs=15, batch_size=30, width=16, resolution=16, progress=False)
+    from latentdiff.train.evaluator import train_evaluator
+
+    net = train_evaluator(train_set, epochs=15, batch_size=30, width=16, resolution=16, progress=False)
     preds, feats = E.evaluator_outputs(net, test_set.images)
     acc = E.accuracy(preds, test_set.labels)["group"]
     chance = max(torch.bincount(test_set.labels["group"]).tolist()) / len(test_set)  # majority class

@@ -28,7 +28,9 @@ def style_net(sets):
     g = torch.Generator().manual_seed(0)
     pick = torch.cat([torch.randperm(int(n), generator=g)[:300] + off for n, off in  # 300 per style
                       zip(torch.bincount(train.labels["style"]), (0, int((train.labels["style"] == 0).sum())))])
-    return E.train_evaluator(train.subset(pick.tolist()), epochs=4, batch_size=32, width=8, resolution=16,
+    from latentdiff.train.evaluator import train_evaluator
+
+    return train_evaluator(train.subset(pick.tolist()), epochs=4, batch_size=32, width=8, resolution=16,
                              progress=False)
 
 
