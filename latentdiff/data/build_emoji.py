@@ -46,7 +46,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, features
 
-from latentdiff.io import replace_shared
+from latentdiff.fs import atomic_write
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = {"noto": PACKAGE_DIR / "emoji", "symbola": PACKAGE_DIR / "emoji_symbola",
@@ -394,24 +393,12 @@ def write_parquet(rows: list[dict], path: Path) -> None:
               ("codepoints", pa.string()), ("split", pa.string())] + ([("style", pa.string())] if with_style else [])
     schema = pa.schema(fields, metadata={b"huggingface": hf_features_metadata(with_style)})
     table = pa.Table.from_pylist(rows, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".emoji-", suffix=".parquet.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # zstd only matters for the text columns: the PNG bytes are already deflated.
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1024)
-        replace_shared(tmp, path)  # mkstemp creates 0600; the file is meant to be shipped
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # zstd only matters for the text columns: the PNG bytes are already deflated.
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=1024))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    replace_shared(tmp, path)
+    atomic_write(path, text)  # UTF-8, newlines as written
 
 
 def sha256_file(path: Path) -> str:
