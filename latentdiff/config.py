@@ -151,8 +151,12 @@ def to_dict(obj) -> dict:
     return plain(obj)
 
 
-def load_config(path: str | os.PathLike, cls: type[T], overrides: dict | None = None) -> T:
-    """Read YAML at ``path`` into ``cls``; ``overrides`` (dotted keys → values) win over the file."""
+def load_config(path: str | os.PathLike | None, cls: type[T], overrides: dict | None = None) -> T:
+    """Read YAML at ``path`` into ``cls``; ``overrides`` (dotted keys → values) win over the file.
+    ``path=None``: ``cls``'s own defaults under the overrides, through the same strict checks (a
+    command run with flags only, no ``--config``)."""
+    if path is None:
+        return _from_overrides({}, cls, overrides, None)
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"Config file {p} is a folder; pass a YAML file such as configs/tiny_unet.yaml")
@@ -171,6 +175,11 @@ def load_config(path: str | os.PathLike, cls: type[T], overrides: dict | None = 
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return _from_overrides(data, cls, overrides, p)
+
+
+def _from_overrides(data: dict, cls: type[T], overrides: dict | None, p: Path | None) -> T:
+    """``data`` (a config file's mapping, or {}) with the dotted ``overrides`` applied, into ``cls``."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")
@@ -184,11 +193,13 @@ def load_config(path: str | os.PathLike, cls: type[T], overrides: dict | None = 
                                   f"set it directly: --set {section}=VALUE")
         node[last] = value
     for name in getattr(cls, "CONFIG_REFERENCES", ()):
-        if isinstance(data.get(name), str):
+        if p is not None and isinstance(data.get(name), str):
             data[name] = resolve_reference(data[name], p)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
+        if p is None:
+            raise
         raise ConfigError(f"{p}: {e}") from None
 
 

@@ -66,7 +66,8 @@ def test_only_the_new_vectors_change_and_both_layouts_hold_them(taught):
 def test_a_token_that_is_already_a_word_is_refused(taught, tmp_path, capsys):
     from latentdiff.cli import main
 
-    rc = main(["train", "embedding", "--config", str(ROOT / "configs" / "tiny_embedding.yaml"), "--base",
-               str(taught / "pipe"), "--output-dir", str(tmp_path / "o"), "--token", "apple"])
+    # flags only, no --config: the trainer's defaults under them, through the same strict loader
+    rc = main(["train", "embedding", "--base", str(taught / "pipe"), "--data", "emoji", "--output-dir",
+               str(tmp_path / "o"), "--token", "apple", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "already a word of this tokenizer" in err and "Traceback" not in err

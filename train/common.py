@@ -193,7 +193,7 @@ def load_train_config(args: argparse.Namespace, cls):
         overrides["device"] = args.device
     if args.num_threads is not None:
         overrides["cpu_threads"] = args.num_threads
-    if "model" not in overrides:
+    if "model" not in overrides and args.config:
         found = _model_config_beside(args.config)
         if found:
             overrides["model"] = found
@@ -948,12 +948,14 @@ def check_model_source(model: str, init_from: str) -> None:
         raise FileNotFoundError(f"init_from {init_from}: not a folder (expected a pipeline folder with model_index.json)")
 
 
-def run_main(train_fn, cls, argv, prog, description, epilog, flags: dict | None = None) -> int:
+def run_main(train_fn, cls, argv, prog, description, epilog, flags: dict | None = None,
+             config_required: bool = True) -> int:
     """Parse, load and validate the config (errors before any training), then train. ``flags``:
-    a trainer's own ``--flag`` → (config key, help), added to the one parser."""
+    a trainer's own ``--flag`` → (config key, help), added to the one parser; without
+    ``config_required`` a run from flags alone starts from ``cls``'s defaults."""
     import json as _json
 
-    p = build_parser(prog, description, epilog)
+    p = build_parser(prog, description, epilog, config_required=config_required)
     for flag, (_, text) in (flags or {}).items():
         p.add_argument(flag, help=text)
     args = p.parse_args(argv)

@@ -28,7 +28,16 @@ import torch
 from latentdiff.images import make_grid, save_png_atomic
 
 from . import loop
-from .common import Device, EMAConfig, MixedPrecision, OptimConfig, check_loop_settings, load_tensors, save_tensors_atomic
+from .common import (
+    Device,
+    EMAConfig,
+    MixedPrecision,
+    OptimConfig,
+    check_loop_settings,
+    load_tensors,
+    run_main,
+    save_tensors_atomic,
+)
 from .lora import LoraDataConfig, _ema_weights, encode, load_lora_data
 from .loop import Run
 from .unet import Components, DenoiserStep, UNetTask, batch_latents, caption_rows, diffusion_loss, log_image
@@ -297,39 +306,15 @@ EPILOG = """examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tempfile
-
-    from latentdiff.config import load_config
-
-    from .common import build_parser, disable_progress_bars, parse_overrides
-
-    p = build_parser("latentdiff train embedding",
-                     "Textual inversion: teach a pipeline a new word from a few images; only the new token's "
-                     "embedding vectors train. Writes diffusers' learned_embeds.safetensors and an A1111/ComfyUI "
-                     "embedding.", EPILOG, config_required=False)
-    p.add_argument("--base", help="pipeline to teach: built-in name (emoji), diffusers folder or Hub repo id")
-    p.add_argument("--data", help="the images: a folder (bare images, or with metadata.jsonl / .txt captions)")
-    p.add_argument("--token", help="the new word, e.g. '<my-emoji>'")
-    p.add_argument("--init-word", help="start the vectors from this word's embedding (e.g. face)")
-    args = p.parse_args(argv)
-    if args.no_progress:
-        disable_progress_bars()
-    overrides = parse_overrides(args.overrides)
-    for flag, key in (("base", "base"), ("data", "data.source"), ("token", "token"), ("init_word", "init_word"),
-                      ("output_dir", "output_dir"), ("device", "device"), ("num_threads", "cpu_threads"),
-                      ("max_train_steps", "optim.max_train_steps")):
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.config:
-        cfg = load_config(args.config, EmbeddingTrainConfig, overrides)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:  # the defaults, through the same strict loader
-            empty = Path(tmp) / "defaults.yaml"
-            empty.write_text("{}\n")
-            cfg = load_config(empty, EmbeddingTrainConfig, overrides)
-    train(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
-    return 0
+    return run_main(train, EmbeddingTrainConfig, argv, "latentdiff train embedding",
+                    "Textual inversion: teach a pipeline a new word from a few images; only the new token's "
+                    "embedding vectors train. Writes diffusers' learned_embeds.safetensors and an A1111/ComfyUI "
+                    "embedding.", EPILOG, config_required=False, flags={
+                        "--base": ("base", "pipeline to teach: built-in name (emoji), diffusers folder or Hub repo id"),
+                        "--data": ("data.source", "the images: a folder (bare images, or with metadata.jsonl / .txt "
+                                                  "captions)"),
+                        "--token": ("token", "the new word, e.g. '<my-emoji>'"),
+                        "--init-word": ("init_word", "start the vectors from this word's embedding (e.g. face)")})
 
 
 if __name__ == "__main__":  # `python -m` / `accelerate launch -m latentdiff.train.embedding`

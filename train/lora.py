@@ -616,8 +616,6 @@ FLAGS = {"base": "base", "data": "data.source", "instance_prompt": "data.instanc
 
 def config_from_args(args, config_cls=LoraTrainConfig) -> LoraTrainConfig:
     """Config file (or the defaults), then ``--set``, then the named flags; strict and typed."""
-    import tempfile
-
     overrides = parse_overrides(args.overrides)
     for flag, key in FLAGS.items():
         value = getattr(args, flag)
@@ -625,15 +623,10 @@ def config_from_args(args, config_cls=LoraTrainConfig) -> LoraTrainConfig:
             overrides[key] = value
     if args.train_text_encoder:
         overrides["lora.text_encoder"] = True
-    if args.config:
-        return load_config(args.config, config_cls, overrides)
-    if "data.source" not in overrides and not getattr(config_cls, "data_has_default", False):
+    if not args.config and "data.source" not in overrides and not getattr(config_cls, "data_has_default", False):
         raise ValueError("no training data: pass --data FOLDER (or emoji_symbola, a .parquet file, a datasets name) "
                          "or --config FILE.yaml")
-    with tempfile.TemporaryDirectory() as tmp:  # the defaults, through the same strict loader
-        empty = Path(tmp) / "defaults.yaml"
-        empty.write_text("{}\n")
-        return load_config(empty, config_cls, overrides)
+    return load_config(args.config, config_cls, overrides)  # no --config: the defaults, as strictly
 
 
 def main(argv: list[str] | None = None, *, config_cls=LoraTrainConfig, train_fn=None, prog: str = "latentdiff train lora",
