@@ -116,7 +116,6 @@ class AddedTokens(torch.nn.Module):
         self.table = table.requires_grad_(False)
         self.first = first
         self.vectors = torch.nn.Parameter(vectors.clone())
-        self.weight_shape = table.weight.shape
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         new = ids >= self.first

@@ -98,10 +98,6 @@ def train_evaluator(train_set: ImageSet, *, epochs: int = 30, batch_size: int = 
                     progress: bool = True) -> EvaluatorNet:
     """Train an evaluator on all label columns of ``train_set`` for ``epochs`` passes (in a temporary
     run folder of the shared loop) and return it in eval mode."""
-    from .common import disable_progress_bars
-
-    if not progress:
-        disable_progress_bars()
     steps = max(1, epochs * math.ceil(len(train_set) / batch_size))
     with tempfile.TemporaryDirectory(prefix="latentdiff-evaluator-") as tmp:
         cfg = EvaluatorTrainConfig(output_dir=str(Path(tmp) / "run"), seed=seed, device=device, width=width,
@@ -110,6 +106,7 @@ def train_evaluator(train_set: ImageSet, *, epochs: int = 30, batch_size: int = 
                                                      lr_warmup_steps=int(0.15 * steps), adam_weight_decay=0.05,
                                                      max_grad_norm=0.0, max_train_steps=steps))
         task = EvaluatorTask(cfg, train_set)
+        task.progress = progress  # (only this loop's bar: nothing process-wide)
         loop.train(task)
     return task.net
 

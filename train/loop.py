@@ -77,6 +77,7 @@ class Run:
     step: int = 0
     global_batch: int = 0
     state: dict = field(default_factory=dict)
+    task: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -98,8 +99,6 @@ class Run:
     def log(self, values: dict) -> None:
         self.accelerator.log(values, step=self.step)
 
-    task: Any = None
-
 
 class Task:
     """A trainer on the loop. Override ``build``, ``setup``, ``draw``, ``loss``, ``export``; the rest
@@ -108,6 +107,7 @@ class Task:
     name = "task"                # `latentdiff train <name>`; recorded in run.json
     exports: tuple[str, ...] = ("final",)  # output_dir folders the export writes (a fresh run will not overwrite them)
     num_samples = 0              # training set size (the step sampler's permutation)
+    progress = True              # the loop's progress bar (False: an in-process call that should stay quiet)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -232,8 +232,8 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
                 "task": run.state}
 
     # ---- the loop
-    bar = tqdm(total=o.max_train_steps, initial=run.step, disable=not accelerator.is_local_main_process,
-               desc=f"train {task.name}", dynamic_ncols=True)
+    bar = tqdm(total=o.max_train_steps, initial=run.step, desc=f"train {task.name}", dynamic_ncols=True,
+               disable=not (accelerator.is_local_main_process and task.progress))
     running, running_n, last_loss = torch.zeros((), device=device), 0, float("nan")
     grad_norm = torch.zeros((), device=device)  # of the summed (accumulated, all-reduced) gradient, before clipping
     while run.step < o.max_train_steps:
