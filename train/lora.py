@@ -22,6 +22,7 @@ optimizer, the LR schedule, EMA and RNG states, and resume exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import types
@@ -62,13 +63,13 @@ from .unet import (
     EncodedData,
     HeldOutBatch,
     UNetTask,
-    batch_inputs,
     batch_latents,
     caption_rows,
     caption_table,
     diffusion_loss,
     heldout_loss,
     log_image,
+    make_heldout_batch,
     prepare_data,
     tokenize,
 )
@@ -270,31 +271,13 @@ def encode(data: ImageData, pipe, cfg: LoraTrainConfig, accelerator, cache_dir: 
     return enc
 
 
-def lora_batch(enc: EncodedData, vae, text_encoder, idx, flip, drop, post, scaling_factor: float,
-               train_text_encoder: bool):
-    """(z0, text embeddings) for samples ``idx``; through the (LoRA) text encoder when it trains."""
-    z0, emb = batch_inputs(enc, vae, text_encoder, idx, flip, drop, post, scaling_factor)
-    if train_text_encoder and enc.mean is not None:  # cached embeddings are the base encoder's
-        caption = torch.where(drop, enc.uncond_index, enc.caption_index[idx])
-        emb = text_encoder(enc.token_ids[caption])[0]
-    return z0, emb
-
-
 def heldout_batch(enc: EncodedData, pipe, scaling_factor: float, seed: int, text_encoder) -> HeldOutBatch:
-    """A fixed held-out batch (fixed t, eps, posterior noise) through the current text encoder."""
-    device = enc.caption_index.device
-    n = len(enc.caption_index)
-    g = torch.Generator(device="cpu").manual_seed(seed + 4242)
-    h = pipe.unet.config.sample_size
-    shape = (n, pipe.unet.config.in_channels, h, h)
-    post = torch.randn(shape, generator=g).to(device)
-    t = torch.randint(0, len(pipe.alphas_cumprod), (n,), generator=g).to(device)
-    eps = torch.randn(shape, generator=g).to(device)
-    no = torch.zeros(n, dtype=torch.bool, device=device)
+    """The U-Net task's fixed held-out batch, its captions encoded by the current (LoRA) text encoder:
+    cached embeddings are the base encoder's."""
+    batch = make_heldout_batch(enc, scaling_factor, len(pipe.alphas_cumprod), seed, pipe.vae, text_encoder)
     with torch.no_grad():
-        z0, emb = lora_batch(enc, pipe.vae, text_encoder, torch.arange(n, device=device), no, no, post,
-                             scaling_factor, True)
-    return HeldOutBatch(z0, emb, t, eps)
+        emb = text_encoder(enc.token_ids[enc.caption_index])[0]
+    return dataclasses.replace(batch, emb=emb)
 
 
 def digest(state: dict[str, torch.Tensor]) -> str:
