@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from latentdiff import emoji_eval
+from latentdiff.cli import parse_lora_spec
 from latentdiff.diversity import diversity_markdown, diversity_report
 from latentdiff.emoji_checks import colour_check, default_colour_prompts, skin_tone_sets
 from latentdiff.emoji_eval import colour_report, skin_report
@@ -294,8 +295,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     pipe = TextToImagePipeline.from_pretrained(args.model, device=args.device)
     results["model"] = args.model
     for spec in args.lora:
-        path, _, scale = spec.rpartition(":") if spec.rpartition(":")[2].replace(".", "", 1).isdigit() else (spec, "", "1")
-        pipe.load_lora(path, scale=float(scale))
+        path, scale = parse_lora_spec(spec)  # as `latentdiff generate --lora` reads it
+        pipe.load_lora(path, scale=scale)
     results["lora"] = list(args.lora)
     gen = {"steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance,
            "timestep_spacing": args.spacing}

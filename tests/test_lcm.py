@@ -62,3 +62,17 @@ def test_lcm_config_errors_are_one_line(distilled, tmp_path, capsys):
                "--output-dir", str(tmp_path / "o"), "--train-text-encoder"])
     err = capsys.readouterr().err
     assert rc == 2 and "LCM distillation adapts the U-Net only" in err and "Traceback" not in err
+
+
+def test_eval_loads_the_lora_it_is_given(distilled, tmp_path):
+    """`latentdiff eval --lora PATH[:SCALE]` evaluates the model with that adapter (how the LCM-LoRA
+    numbers in README were measured); a LoRA that is not there is an error, not a silent base model."""
+    from latentdiff import eval_cli
+
+    lora = distilled / "run" / "final" / "pytorch_lora_weights.safetensors"
+    base = ["--model", str(distilled / "pipe"), "--dataset", "emoji", "--sections", "colour", "--colour-limit", "2",
+            "--sampler", "lcm", "--steps", "2", "--guidance", "1", "--no-progress"]
+    assert eval_cli.main(base + ["--lora", f"{lora}:0.5", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["lora"] == [f"{lora}:0.5"]
+    with pytest.raises(Exception, match="nope"):
+        eval_cli.main(base + ["--lora", str(tmp_path / "nope.safetensors")])
