@@ -568,3 +568,22 @@ def test_huber_and_debiased_loss_options():
         got = diffusion_loss(Fixed(), z0, None, t, eps, ac, pred_type, 0.0, debiased=True)
         assert torch.allclose(got, ((d ** 2).flatten(1).mean(1) * w.float()).mean(), rtol=1e-6)
     assert q_sample is not None
+
+
+def test_trained_text_encoder_keeps_cached_latents_its_own_lr_and_exports_its_ema(tmp_path):
+    """`train_text_encoder: true`: the latents still come from the cache (only the captions are
+    encoded every step), `text_encoder_learning_rate` is the tower's param group, and the export pairs
+    the EMA U-Net with the EMA text tower, not with the raw tower of the last checkpoint."""
+    out = tmp_path / "te"
+    train_unet(unet_cfg(out, **{"optim.max_train_steps": 4, "checkpointing_steps": 4, "train_text_encoder": True,
+                                "text_encoder_learning_rate": 3e-3}))
+    assert list((out / "cache").glob("train-*.safetensors")), "latents not cached"
+    ckpt = out / "checkpoints" / "checkpoint-4"
+    groups = torch.load(ckpt / "optimizer.bin", weights_only=False)["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [1e-3, 3e-3]
+    raw = {k.removeprefix("text_encoder."): v for k, v in weights(ckpt / "model.safetensors").items()
+           if k.startswith("text_encoder.")}
+    exported = weights(out / "final" / "text_encoder" / "model.safetensors")
+    shared = sorted(set(raw) & set(exported))
+    assert len(shared) > 10
+    assert max((raw[k].float() - exported[k].float()).abs().max().item() for k in shared) > 1e-6  # the EMA, not raw

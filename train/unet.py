@@ -70,7 +70,8 @@ class UNetTrainConfig:
     init_from: str = ""              # or a pipeline folder to continue from (all components + schedule)
     vae_from: str = ""               # folder of `latentdiff train vae` (output_dir/vae) or a pipeline; "random" = tests only
     text_encoder_from: str = ""      # CLIPTextModel folder (e.g. runs/clip/text_encoder); "" = random init from `model`
-    train_text_encoder: bool = False
+    train_text_encoder: bool = False # train the text tower with the U-Net (its EMA too); latents stay cached
+    text_encoder_learning_rate: float = 0.0  # 0 = optim.learning_rate (kohya's text_encoder_lr)
     output_dir: str = "runs/unet"
     seed: int = 0
     device: Device = "auto"
@@ -87,7 +88,7 @@ class UNetTrainConfig:
     loss_type: Literal["l2", "huber"] = "l2"  # huber: pseudo-Huber √(d² + c²) − c
     huber_c: float = 0.1
     offset_noise: float = 0.0        # e.g. 0.05-0.1 (Guttenberg 2023)
-    cache: bool = True               # cache latents and text embeddings (needs frozen VAE and text encoder)
+    cache: bool = True               # cache latents (VAE frozen) and text embeddings (when the text encoder is frozen)
     cache_dir: str = ""              # "" = output_dir/cache
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
@@ -277,8 +278,7 @@ def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accel
     device = accelerator.device
     table, caption_index = caption_table(data.captions)
     token_ids = tokenize(comps.tokenizer, table)
-    use_cache = cfg.cache and not cfg.train_text_encoder
-    if not use_cache:
+    if not cfg.cache:
         return EncodedData(caption_index.to(device), len(table) - 1, images=data.images.to(device),
                            token_ids=token_ids.to(device))
     key = cache_key(cache_parts(data, comps.vae, comps.text_encoder, token_ids, flips, cfg.data.center_crop))
@@ -295,6 +295,9 @@ def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accel
         logger.info("using cached latents and text embeddings %s", path)
     accelerator.wait_for_everyone()
     t = load_tensors(path, device)
+    if cfg.train_text_encoder:  # cached latents; the captions are encoded every step by the tower being trained
+        return EncodedData(t["caption_index"], len(table) - 1, mean=t["mean"], std=t["std"],
+                           token_ids=token_ids.to(device), key=key)
     return EncodedData(t["caption_index"], len(table) - 1, mean=t["mean"], std=t["std"],
                        text_embeddings=t["text_embeddings"], key=key)
 
@@ -481,8 +484,21 @@ class UNetTask(Task):
         encodes = self.enc.text_embeddings is None
         return DenoiserStep(comps.unet, comps.text_encoder if encodes else None)
 
+    def parameters(self, model: torch.nn.Module) -> list:
+        groups = [{"params": list(model.unet.parameters()), "lr": self.cfg.optim.learning_rate}]
+        if self.trains_text_encoder:
+            groups.append({"params": list(model.text_encoder.parameters()),
+                           "lr": self.cfg.text_encoder_learning_rate or self.cfg.optim.learning_rate})
+        return groups
+
     def ema_target(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.unet
+        """The U-Net; with a trained text encoder the whole DenoiserStep, so the exported pair is
+        averaged over the same steps (an EMA U-Net beside the raw text tower would not match it)."""
+        return model if self.trains_text_encoder else model.unet
+
+    @property
+    def trains_text_encoder(self) -> bool:  # the full tower (LoraTask's adapters have their own EMA rule)
+        return isinstance(self.cfg, UNetTrainConfig) and self.cfg.train_text_encoder
 
     def make_sampler(self, run: Run):
         return self.enc.make_sampler(run) if self.streamed else super().make_sampler(run)  # buckets: one per batch
@@ -529,11 +545,9 @@ class UNetTask(Task):
         from latentdiff.pipelines import TextToImagePipeline
 
         comps = self.comps
-        te = comps.text_encoder
-        if self.cfg.train_text_encoder:
-            te = ema_copy(run.unwrapped().text_encoder, None)
-        return TextToImagePipeline(run.ema_copy().float(), comps.vae, te, comps.tokenizer, comps.scheduler_config,
-                                   comps.defaults)
+        averaged = run.ema_copy().float()
+        unet, te = (averaged.unet, averaged.text_encoder) if self.trains_text_encoder else (averaged, comps.text_encoder)
+        return TextToImagePipeline(unet, comps.vae, te, comps.tokenizer, comps.scheduler_config, comps.defaults)
 
     def validate(self, run: Run, step: int) -> None:
         """Held-out loss (fixed t/eps) and a grid of samples for fixed prompts (columns) and seeds (rows)."""
