@@ -12,6 +12,7 @@ import torch
 
 COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white")
 COLOUR_NOUNS = ("heart", "circle", "square", "book")
+SHAPE_NOUNS = ("heart", "circle", "square", "diamond", "triangle", "button")  # colour is their only feature
 SKIN_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")  # lightest first
 SKIN_TONE_RE = re.compile(r"(?<![\w-])(medium-light|medium-dark|light|medium|dark) skin tone")
 
@@ -42,6 +43,18 @@ def rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     h = torch.where(v == r, ((g - b) / cc) % 6, torch.where(v == g, (b - r) / cc + 2, (r - g) / cc + 4))
     h = torch.where(c > 0, h * 60, torch.zeros_like(h)) % 360
     return h, s, v
+
+
+def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`latentdiff.emoji_checks.rgb_to_hsv`: (…, H, W) each -> (…, 3, H, W)."""
+    h6 = (h % 360) / 60
+    c = v * s
+    x = c * (1 - (h6 % 2 - 1).abs())
+    z = torch.zeros_like(c)
+    sector = h6.floor().long().clamp(0, 5)[None]  # (1, …, H, W): which 60° sector
+    rgb = [torch.stack(parts).gather(0, sector)[0] for parts in
+           ((c, x, z, z, x, c), (x, c, c, x, z, z), (z, z, x, c, c, x))]
+    return torch.stack(rgb, -3) + (v - c).unsqueeze(-3)
 
 
 def background_mask(images: torch.Tensor) -> torch.Tensor:

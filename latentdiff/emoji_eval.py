@@ -46,17 +46,20 @@ from latentdiff.diversity import caption_words
 from latentdiff.emoji_checks import (
     COLOUR_NOUNS,
     COLOUR_WORDS,
+    SHAPE_NOUNS,
     SKIN_TONES,
     SKIN_TONE_RE,
     background_mask,
     colour_check,
     default_colour_prompts,
     dominant_colour,
+    hsv_to_rgb,
     pixel_colour_names,
     rgb_to_hsv,
     skin_tone_check,
     skin_tone_sets,
 )
+from latentdiff.emoji_recolour import held_out
 from latentdiff.evaluation import (
     _blur,
     ImageSet,
@@ -67,7 +70,6 @@ from latentdiff.evaluation import (
 )
 
 OBJECT_GROUPS = ("Activities", "Animals & Nature", "Food & Drink", "Objects", "Travel & Places")
-SHAPE_NOUNS = ("heart", "circle", "square", "diamond", "triangle", "button")  # colour is their only feature
 COMPOSITION_ORDER_SEED = 0
 SILHOUETTE_SIZE = 32
 OBJECT_COLOUR_SHARE = 0.1  # a colour this present in an object's real image is not new to it
@@ -93,18 +95,6 @@ def emoji_diversity_words(captions: Sequence[str], n: int = 20) -> list[str]:
 
 
 # --------------------------------------------------------------------------- colour changes
-
-
-def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`latentdiff.emoji_checks.rgb_to_hsv`: (…, H, W) each -> (…, 3, H, W)."""
-    h6 = (h % 360) / 60
-    c = v * s
-    x = c * (1 - (h6 % 2 - 1).abs())
-    z = torch.zeros_like(c)
-    sector = h6.floor().long().clamp(0, 5)[None]  # (1, …, H, W): which 60° sector
-    rgb = [torch.stack(parts).gather(0, sector)[0] for parts in
-           ((c, x, z, z, x, c), (x, c, c, x, z, z), (z, z, x, c, c, x))]
-    return torch.stack(rgb, -3) + (v - c).unsqueeze(-3)
 
 
 def hue_rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -238,14 +228,21 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
         got_colour = dominant_colour(images[k])
         rows.append({**p, "seen_colour": got_colour, "seen_object": seen[k], "colour_ok": got_colour == p["colour"],
                      "object_ok": seen[k] == p["object"], "object_top5": p["object"] in top[k],
-                     "fallback": seen[k] not in objects})
+                     "fallback": seen[k] not in objects, "held_out": held_out(p["object"])})
     n = len(rows)
 
     def rate(key, among=rows):
         return sum(r[key] for r in among) / len(among) if among else None
 
+    def subset(among):
+        return {"n": len(among), "colour": rate("colour_ok", among), "object": rate("object_ok", among),
+                "both": sum(r["colour_ok"] and r["object_ok"] for r in among) / len(among) if among else None}
+
     out = {"n": n, "colour": rate("colour_ok"), "object": rate("object_ok"),
            "both": sum(r["colour_ok"] and r["object_ok"] for r in rows) / n if n else None,
+           # data.recolour trains on recoloured copies of three quarters of the objects: the rest is the test
+           "by_recolour": {"held_out": subset([r for r in rows if r["held_out"]]),
+                           "recoloured_in_training": subset([r for r in rows if not r["held_out"]])},
            "object_top5": rate("object_top5"), "fallback": rate("fallback"),
            "n_objects": len({r["object"] for r in rows}),
            "per_colour": {c: {"n": len(rs), "colour": rate("colour_ok", rs), "object": rate("object_ok", rs)}
@@ -265,6 +262,11 @@ def composition_markdown(c: dict) -> list[str]:
            "|---|---|---|---|---|",
            f"| {_pct(c['colour'])} | {_pct(c['object'])} | **{_pct(c['both'])}** | {_pct(c['fallback'])} | "
            f"{_pct(c.get('object_top5'))} |", ""]
+    br = c.get("by_recolour")
+    if br:
+        out += ["by object, for a model trained with `data.recolour` (latentdiff.emoji_recolour): "
+                + "; ".join(f"{name.replace('_', ' ')} ({x['n']} prompts): colour {_pct(x['colour'])}, object "
+                            f"{_pct(x['object'])}, both **{_pct(x['both'])}**" for name, x in br.items()), ""]
     if v:
         out += [f"object judge on {v['n']} real object images, hue-rotated, shifted, zoomed and blurred: "
                 f"**{_pct(v['accuracy'])}** right (chance {_pct(v['chance'])}); per rotation "

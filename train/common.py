@@ -74,6 +74,7 @@ class DataConfig:
     random_flip: bool = False         # off by default: flags and text are not mirror-symmetric
     caption_dropout: float = 0.0      # probability a caption becomes "" (classifier-free guidance)
     style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
+    recolour: int = 0                 # emoji sources: this many recoloured copies of each one-word object, captioned "blue apple" (latentdiff.emoji_recolour)
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
     # streaming (U-Net trainer; train/data.py): the training split is encoded shard by shard into a
@@ -96,6 +97,11 @@ class DataConfig:
             raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.resolution < 0 or self.max_samples < 0 or self.max_validation_samples < 0:
             raise ValueError("data.resolution, data.max_samples and data.max_validation_samples must be >= 0")
+        if self.recolour < 0:
+            raise ValueError(f"data.recolour must be >= 0 (0 = off), got {self.recolour}")
+        if self.recolour and (self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets):
+            raise ValueError(f"data.recolour works on the in-memory embedded emoji sources {EMBEDDED_DATASETS} "
+                             f"(not {self.source!r}, streaming or aspect buckets): set data.recolour: 0")
         if self.shard_size < 1 or self.num_workers < 0 or self.bucket_reso_steps < 1:
             raise ValueError("data.shard_size and data.bucket_reso_steps must be >= 1, data.num_workers >= 0")
         if self.min_bucket_reso < 0 or self.max_bucket_reso < 0 or (
@@ -416,6 +422,12 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
         pngs, captions = embedded_split(d, split)
         arrays = [_decode_rgb(png, resolution, d.center_crop) for png in pngs]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        if d.recolour and split == d.split:  # training rows only; held-out data stays real
+            from latentdiff.emoji_recolour import recolour_rows
+
+            extra, extra_captions = recolour_rows(images, captions, d.recolour)
+            logger.info("data %s (%s): %d recoloured rows added to %d", d.source, split, len(extra), len(images))
+            images, captions = torch.cat([images, extra]), captions + extra_captions
     else:
         try:
             from latentdiff.data import build_dataset

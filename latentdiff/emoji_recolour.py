@@ -1,0 +1,99 @@
+"""Recolouring augmentation for the emoji data (issue 14's composition): extra training rows in which
+a one-word object ("apple", "apple, twemoji style") is painted another colour and its caption says so
+("blue apple", "blue apple, twemoji style"), so that a colour word learns to act on any object rather
+than to call up the heart, circle or square that carries that colour in the data.
+
+* **Which rows**: one-word captions (an optional ", <style> style" suffix kept), minus the colour-only
+  nouns (:data:`~latentdiff.emoji_checks.COLOUR_NOUNS`, :data:`~latentdiff.emoji_checks.SHAPE_NOUNS`)
+  and minus the objects :func:`held_out` keeps aside, so the composition report can say how the model
+  does on objects it never saw recoloured.
+* **Which colours**: :data:`RECOLOUR_HUES` (the hue colours; brown, black and white are not a hue
+  change), minus every colour covering :data:`OWN_COLOUR_SHARE` or more of the object's coloured
+  pixels; ``copies`` of them drawn per row by a seeded generator (the build is deterministic, so the
+  training cache key is stable).
+* **How**: every chromatic pixel (saturation >= the checker's achromatic bound) takes the target
+  hue, keeping its saturation and value, so outlines, highlights and shading stay; white, grey and
+  black parts stay as they are. A copy is kept only when the dominant-colour check
+  (:func:`~latentdiff.emoji_checks.dominant_colour`) names it as the target (a dark red turned
+  "orange" reads brown, and is dropped).
+
+Plain tensor functions; the training data loader (:func:`latentdiff.train.common.load_image_data`)
+calls :func:`recolour_rows` when ``data.recolour`` > 0.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from latentdiff.emoji_checks import (
+    ACHROMATIC_MAX_S,
+    COLOUR_NOUNS,
+    COLOUR_WORDS,
+    SHAPE_NOUNS,
+    dominant_colour,
+    hsv_to_rgb,
+    pixel_colour_names,
+    rgb_to_hsv,
+)
+
+RECOLOUR_HUES = {"red": 0.0, "orange": 32.0, "yellow": 57.0, "green": 120.0, "blue": 215.0, "purple": 290.0}
+OWN_COLOUR_SHARE = 0.1  # the same bound as the composition set's "colour not new to the object"
+HELD_OUT_MODULUS = 4    # objects whose name hashes to 0 mod 4 (about a quarter) are never recoloured
+_OBJECT_RE = re.compile(r"([a-z]+)((?:, [a-z ]+ style)?)")
+
+
+def held_out(obj: str) -> bool:
+    """True for the objects kept out of the augmentation (a fixed quarter, by CRC-32 of the name)."""
+    return zlib.crc32(obj.encode()) % HELD_OUT_MODULUS == 0
+
+
+def split_object_caption(caption: str) -> tuple[str, str] | None:
+    """("apple", ", twemoji style") for "apple, twemoji style"; None for a caption that is not one
+    recolourable object word (several words, a colour-only noun)."""
+    m = _OBJECT_RE.fullmatch(caption)
+    if m is None or m.group(1) in COLOUR_NOUNS or m.group(1) in SHAPE_NOUNS or m.group(1) in COLOUR_WORDS:
+        return None
+    return m.group(1), m.group(2)
+
+
+def recolour(images: torch.Tensor, hue: float) -> torch.Tensor:
+    """(…, 3, H, W) RGB in [0, 1]: every chromatic pixel takes ``hue`` (degrees), s and v kept."""
+    h, s, v = rgb_to_hsv(images)
+    h = torch.where(s >= ACHROMATIC_MAX_S, torch.full_like(h, hue), h)
+    return hsv_to_rgb(h, s, v).clamp(0, 1)
+
+
+def own_colours(image: torch.Tensor) -> set[str]:
+    """The colour names covering >= :data:`OWN_COLOUR_SHARE` of one image's coloured pixels."""
+    names = pixel_colour_names(image).flatten()
+    counts = torch.bincount(names[names >= 0], minlength=len(COLOUR_WORDS)).double()
+    total = counts.sum()
+    return {c for c, k in zip(COLOUR_WORDS, counts) if total and k / total >= OWN_COLOUR_SHARE}
+
+
+def recolour_rows(images_u8: torch.Tensor, captions: Sequence[str], copies: int, seed: int = 0
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """The extra rows for ``images_u8`` (N, 3, H, W) uint8 and their ``captions``: up to ``copies``
+    recoloured versions of each recolourable row (see the module docstring), as (M, 3, H, W) uint8
+    and M captions "<colour> <object><suffix>". Deterministic in (inputs, copies, seed)."""
+    rng = np.random.default_rng(seed)
+    out_images, out_captions = [], []
+    for i, caption in enumerate(captions):
+        parts = split_object_caption(caption)
+        if parts is None or held_out(parts[0]):
+            continue
+        image = images_u8[i].float() / 255
+        choices = [c for c in RECOLOUR_HUES if c not in own_colours(image)]
+        for colour in rng.permutation(choices)[:copies].tolist():
+            painted = recolour(image, RECOLOUR_HUES[colour])
+            if dominant_colour(painted) != colour:
+                continue
+            out_images.append((painted * 255).round().to(torch.uint8))
+            out_captions.append(f"{colour} {parts[0]}{parts[1]}")
+    empty = images_u8.new_zeros((0, *images_u8.shape[1:]))
+    return (torch.stack(out_images) if out_images else empty), out_captions

@@ -1,0 +1,79 @@
+"""Recolouring augmentation (latentdiff.emoji_recolour, `data.recolour`): extra rows "<colour> <object>"
+whose pixels the colour checker names as that colour, never for held-out objects or colour-only nouns,
+only in the training split, deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentdiff.config import ConfigError, from_dict
+from latentdiff.emoji_checks import dominant_colour
+from latentdiff.emoji_recolour import RECOLOUR_HUES, held_out, own_colours, recolour, recolour_rows, split_object_caption
+from latentdiff.train.common import DataConfig, load_image_data
+
+
+@pytest.fixture(scope="module")
+def noto_train():
+    return load_image_data(DataConfig(source="emoji"), "train", 64)
+
+
+def test_recolour_keeps_white_grey_and_black_and_paints_the_rest():
+    img = torch.zeros(3, 4, 4)
+    img[:, 0] = 1.0                                        # white row
+    img[:, 1] = 0.5                                        # grey row
+    img[0, 2], img[1, 2], img[2, 2] = 0.9, 0.1, 0.1        # red row
+    img[0, 3], img[1, 3], img[2, 3] = 0.2, 0.6, 0.2        # green row
+    out = recolour(img, RECOLOUR_HUES["blue"])
+    assert torch.equal(out[:, :2], img[:, :2])
+    for row in (2, 3):
+        r, g, b = out[:, row, 0].tolist()
+        assert b > g > r and max(r, g, b) == pytest.approx(img[:, row, 0].max().item(), abs=1e-6)  # value kept
+
+
+def test_split_object_caption():
+    assert split_object_caption("apple, twemoji style") == ("apple", ", twemoji style")
+    assert split_object_caption("apple") == ("apple", "")
+    for c in ("red apple", "heart", "circle, noto style", "blue", "flag: France", "cat face"):
+        assert split_object_caption(c) is None, c
+
+
+def test_rows_are_new_colours_of_recolourable_objects_judged_as_asked(noto_train):
+    images, captions = noto_train.images, noto_train.captions
+    extra, extra_captions = recolour_rows(images, captions, copies=2)
+    assert len(extra) == len(extra_captions) > 400
+    by_caption = {c: i for i, c in enumerate(captions)}
+    counts: dict[str, int] = {}
+    for k, caption in enumerate(extra_captions):
+        colour, obj = caption.split(" ", 1)
+        assert colour in RECOLOUR_HUES and split_object_caption(obj) is not None and not held_out(obj)
+        src = images[by_caption[obj]].float() / 255
+        assert colour not in own_colours(src), caption        # a colour the object does not have
+        assert dominant_colour(extra[k].float() / 255) == colour, caption
+        assert not torch.equal(extra[k], images[by_caption[obj]])
+        counts[obj] = counts.get(obj, 0) + 1
+    assert max(counts.values()) <= 2
+    objects = {split_object_caption(c)[0] for c in captions if split_object_caption(c)}
+    assert {o for o in objects if held_out(o)} and not any(held_out(o) for o in counts)
+    again = recolour_rows(images, captions, copies=2)
+    assert torch.equal(again[0], extra) and again[1] == extra_captions
+
+
+def test_data_recolour_adds_rows_to_training_only(noto_train):
+    d = DataConfig(source="emoji", recolour=1)
+    train = load_image_data(d, "train", 64)
+    assert train.captions[:len(noto_train)] == noto_train.captions and len(train) > len(noto_train) + 200
+    assert torch.equal(train.images[:len(noto_train)], noto_train.images)
+    test_plain = load_image_data(DataConfig(source="emoji"), "test", 64)
+    test = load_image_data(d, "test", 64)
+    assert test.captions == test_plain.captions and torch.equal(test.images, test_plain.images)
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"source": "runs/my_images", "recolour": 2}, "data.recolour works on the in-memory embedded emoji sources"),
+    ({"source": "emoji", "recolour": 2, "streaming": True}, "data.recolour works on the in-memory"),
+    ({"source": "emoji", "recolour": -1}, "data.recolour must be >= 0"),
+])
+def test_bad_recolour_settings_are_one_line_errors(data, match):
+    with pytest.raises((ValueError, ConfigError), match=match):
+        from_dict(DataConfig, data)
