@@ -32,3 +32,19 @@ def test_generate_process_prints_paths_and_writes_whole_pngs(tiny_pipeline_dir, 
 def test_generate_user_error_exit_code(tmp_path):
     res = _run("generate", "red apple", "--steps", "0", "--out", str(tmp_path))
     assert res.returncode == 2 and "error:" in res.stderr
+
+
+def test_train_no_progress_silences_the_loops_own_bar(tmp_path):
+    """`--no-progress` (a background run's log): the loop passes its own ``disable=`` to tqdm, which a
+    patched default alone did not override; the bar must still be absent, the log lines present."""
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_unet.yaml"
+    args = ("train", "unet", "--config", str(cfg), "--output-dir", str(tmp_path / "run"), "--device", "cpu",
+            "--max-train-steps", "3", "--set", "data.max_samples=16", "--set", "data.validation_split=",
+            "--set", "optim.batch_size=4", "--set", "checkpointing_steps=0", "--set", "log_every=1")
+    quiet, loud = _run(*args, "--no-progress"), _run(*args, "--overwrite-output-dir")
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:] + loud.stderr[-2000:]
+    assert "train unet:" in loud.stderr  # the bar's description: the check below can see a bar
+    assert "train unet:" not in quiet.stderr and "it/s" not in quiet.stderr
+    assert "INFO latentdiff.train" in quiet.stderr

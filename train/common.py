@@ -996,7 +996,17 @@ def disable_progress_bars() -> None:
 
     os.environ["TQDM_DISABLE"] = "1"
     for cls in {tqdm.tqdm, tqdm.auto.tqdm}:
-        cls.__init__ = functools.partialmethod(cls.__init__, disable=True)
+        if getattr(cls.__init__, "_latentdiff_quiet", False):
+            continue
+        original = cls.__init__
+
+        @functools.wraps(original)
+        def quiet(self, *args, _original=original, **kwargs):  # wins over a caller's own disable=False
+            kwargs["disable"] = True
+            _original(self, *args, **kwargs)
+
+        quiet._latentdiff_quiet = True
+        cls.__init__ = quiet
 
 
 def module_entry(main) -> None:

@@ -477,7 +477,8 @@ class UNetTask(Task):
         self.latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
         logger.info("U-Net on %s: %s, prediction_type=%s%s", device,
                     "streamed cache" if self.streamed else
-                    "cached latents+embeddings" if self.enc.mean is not None else "encoding every step",
+                    "cached latents" + ("+embeddings" if self.enc.text_embeddings is not None else ", captions encoded "
+                                        "every step") if self.enc.mean is not None else "encoding every step",
                     self.prediction_type, ", zero terminal SNR" if sched.rescale_betas_zero_snr else "")
         if cfg.gradient_checkpointing:
             comps.unet.enable_gradient_checkpointing()
