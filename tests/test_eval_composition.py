@@ -95,3 +95,23 @@ def test_eval_cli_composition(tmp_path, tiny_pipeline_dir):
     r = json.loads(out.read_text())["composition"]
     assert r["n"] == len(r["rows"]) == 3 and 0 <= r["both"] <= 1 and r["judge_validation"]["n"] > 100
     assert {"prompt", "colour", "object", "seen_colour", "seen_object", "colour_ok", "object_ok"} <= set(r["rows"][0])
+
+
+def test_report_gives_held_out_and_recoloured_objects_apart(data, prompts):
+    """A model that composes only the objects `data.recolour` trained on (and draws a coloured heart
+    for the held-out quarter) scores high on one row of `by_recolour` and zero on the other."""
+    from latentdiff.emoji_recolour import RECOLOUR_HUES, held_out, recolour
+
+    sample = [p for p in prompts if p["colour"] in RECOLOUR_HUES]
+    sample = [p for p in sample if held_out(p["object"])][:12] + [p for p in sample if not held_out(p["object"])][:12]
+    index = {c: i for i, c in enumerate(data.captions)}
+
+    def draw(p, s):
+        colour, obj = p.split(" ", 1)
+        if held_out(obj):
+            return data.images[index[f"{colour} heart"]]
+        return recolour(data.images[index[obj]], RECOLOUR_HUES[colour])
+
+    r = EE.composition_report(ImagePipe(draw), data, sample, progress=False, validate=False)["by_recolour"]
+    assert r["held_out"]["n"] == r["recoloured_in_training"]["n"] == 12
+    assert r["held_out"]["both"] == 0 and r["recoloured_in_training"]["both"] > 0.5
