@@ -2,6 +2,9 @@
 one image, in one interleaved run (default, lcm2, lcm4, lcm8, default, ...), medians.
 
     python benchmarks/lcm_emoji.py --model emoji --lora runs/emoji_lcm/final --repeats 7 --threads 1
+
+``--grid PATH`` also writes a labelled grid: the 20-step default and 2/4/8 lcm steps (rows) × the
+prompts of ``--grid-prompts`` (columns), seed 0.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="")
+    p.add_argument("--grid", default="", help="also write a labelled grid PNG here")
+    p.add_argument("--grid-prompts", default="red apple|grinning face|cat face|blue heart|green circle|pizza|"
+                   "thumbs up: dark skin tone|flag: France", help="'|'-separated")
     a = p.parse_args(argv)
 
     import torch
@@ -52,6 +58,18 @@ def main(argv=None) -> int:
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(out, fh, indent=2)
+    if a.grid:
+        from latentdiff.evaluation import save_labelled_grid
+
+        prompts = a.grid_prompts.split("|")
+        rows, labels = [], []
+        for name, (pipe, kw) in {"20-step default": (base, {}), **{
+                f"lcm {n} steps": (lcm, {"sampler": "lcm", "num_inference_steps": n, "guidance_scale": 1.0})
+                for n in (2, 4, 8)}}.items():
+            latents = pipe(prompts, seed=[0] * len(prompts), output_type="latent", **kw).latents
+            rows.append(pipe.decode_latents(latents).float().cpu())
+            labels += [f"{name}: {p}"[:28] for p in prompts]
+        save_labelled_grid(torch.cat(rows), labels, a.grid, cols=len(prompts))
     return 0
 
 

@@ -145,7 +145,7 @@ class LcmTask(LoraTask):
     def export(self, run: Run) -> dict:
         out = super().export(run)
         logger.info("sample it with the lcm sampler: latentdiff generate PROMPT --lora %s --sampler lcm --steps 4 "
-                    "--guidance-scale 1", out["lora"])
+                    "--guidance 1", out["lora"])
         return {**out, "sampler": "lcm", "recommended_steps": [2, 4, 8], "w_range": [self.cfg.w_min, self.cfg.w_max]}
 
 
@@ -157,7 +157,7 @@ def train(cfg: LcmTrainConfig, resume: str | None = None, config_path: str | Non
 EPILOG = """examples:
   # a 4-step LoRA for the built-in model, distilled on its own training data
   latentdiff train lcm --config configs/emoji_lcm.yaml
-  latentdiff generate "red apple" --lora runs/emoji_lcm/final --sampler lcm --steps 4 --guidance-scale 1
+  latentdiff generate "red apple" --lora runs/emoji_lcm/final --sampler lcm --steps 4 --guidance 1
   # any pipeline we load; a quick test-size run; continue an interrupted run exactly
   latentdiff train lcm --base runs/tiny_unet/final --data emoji --max-train-steps 20 --device cpu
   latentdiff train lcm --config configs/emoji_lcm.yaml --resume latest
