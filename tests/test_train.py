@@ -587,3 +587,32 @@ def test_trained_text_encoder_keeps_cached_latents_its_own_lr_and_exports_its_em
     shared = sorted(set(raw) & set(exported))
     assert len(shared) > 10
     assert max((raw[k].float() - exported[k].float()).abs().max().item() for k in shared) > 1e-6  # the EMA, not raw
+
+
+def test_heldout_loss_of_a_trained_tower_encodes_captions_with_that_tower(tmp_path):
+    """With `train_text_encoder`, the held-out loss of (U-Net, tower) must use that tower's caption
+    embeddings, not the ones computed by the starting tower when the batch was fixed."""
+    import copy
+
+    from latentdiff.train.unet import EncodedData, HeldOutBatch, UNetTask, heldout_loss
+
+    from latentdiff.models import build_components
+
+    comps = build_components(load_config(TINY_UNET.parent / "tiny.yaml", ModelConfig))
+    unet, te = comps["unet"].eval(), comps["text_encoder"].eval()
+    other = copy.deepcopy(te)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    task = UNetTask(unet_cfg(tmp_path / "x", train_text_encoder=True))
+    task.alphas_cumprod = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    task.prediction_type = "epsilon"
+    ids = torch.randint(0, 1000, (3, 77))
+    task.val_enc = EncodedData(torch.tensor([0, 1, 2, 1]), 2, token_ids=ids)
+    shape = (4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    with torch.no_grad():
+        start_emb = te(ids[task.val_enc.caption_index])[0]
+    task.heldout = HeldOutBatch(torch.randn(shape), start_emb, torch.tensor([10, 200, 500, 900]), torch.randn(shape))
+    base = heldout_loss(unet, task.heldout, task.alphas_cumprod, "epsilon", task.cfg.min_snr_gamma)
+    assert task.heldout_value(unet, te) == pytest.approx(base, rel=1e-6)
+    assert abs(task.heldout_value(unet, other) - base) > 1e-4 * abs(base)  # the tower it was given

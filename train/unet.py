@@ -474,6 +474,7 @@ class UNetTask(Task):
                    if self.val_data is not None else None)
         self.heldout = (make_heldout_batch(val_enc, self.scaling_factor, self.T, cfg.seed, comps.vae, comps.text_encoder)
                         if val_enc is not None else None)
+        self.val_enc = val_enc
         self.latent_shape = (comps.unet.config.in_channels, comps.unet.config.sample_size, comps.unet.config.sample_size)
         logger.info("U-Net on %s: %s, prediction_type=%s%s", device,
                     "streamed cache" if self.streamed else
@@ -506,7 +507,7 @@ class UNetTask(Task):
 
     def start(self, run: Run) -> None:
         if self.heldout is not None and run.is_main:
-            run.state["heldout_loss_initial"] = self.heldout_value(run.unwrapped().unet)
+            run.state["heldout_loss_initial"] = self.heldout_value(run.unwrapped().unet, run.unwrapped().text_encoder)
             run.log({"val/loss": run.state["heldout_loss_initial"]})
 
     def draw(self, run: Run, step: int, g: torch.Generator, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -535,10 +536,17 @@ class UNetTask(Task):
         return diffusion_loss(model, z0, emb, b["t"], b["eps"], self.alphas_cumprod, self.prediction_type,
                               self.cfg.min_snr_gamma, token_ids=tokens, **self.loss_options())
 
-    def heldout_value(self, unet) -> float | None:
+    def heldout_value(self, unet, text_encoder=None) -> float | None:
+        """The loss on the fixed held-out batch; with a trained text tower, its captions are encoded by
+        ``text_encoder`` (the one paired with ``unet``), not by the tower as it was at the start."""
         if self.heldout is None:
             return None
-        return heldout_loss(unet, self.heldout, self.alphas_cumprod, self.prediction_type, self.cfg.min_snr_gamma,
+        batch = self.heldout
+        if self.trains_text_encoder and text_encoder is not None:
+            with torch.no_grad():
+                emb = text_encoder(self.val_enc.token_ids[self.val_enc.caption_index])[0]
+            batch = dataclasses.replace(batch, emb=emb)
+        return heldout_loss(unet, batch, self.alphas_cumprod, self.prediction_type, self.cfg.min_snr_gamma,
                             **self.loss_options())
 
     def pipeline(self, run: Run):
@@ -555,7 +563,7 @@ class UNetTask(Task):
         cfg = self.cfg
         if run.is_main:
             pipe = self.pipeline(run)
-            value = self.heldout_value(pipe.unet)
+            value = self.heldout_value(pipe.unet, pipe.text_encoder)
             if value is not None:
                 run.log({"val/loss": value})
             prompts = [p for _ in cfg.validation_seeds for p in cfg.validation_prompts]
@@ -572,7 +580,7 @@ class UNetTask(Task):
     def export(self, run: Run) -> dict:
         """output_dir/final: a pipeline folder with the EMA weights (diffusers layout)."""
         pipe = self.pipeline(run)
-        final_val = self.heldout_value(pipe.unet)
+        final_val = self.heldout_value(pipe.unet, pipe.text_encoder)
         pipe.save_pretrained(run.out / "final", dtype=torch.float16 if self.cfg.export_dtype == "float16" else None)
         return {"heldout_loss_initial": run.state.get("heldout_loss_initial"), "heldout_loss_final_ema": final_val,
                 "prediction_type": self.prediction_type,
