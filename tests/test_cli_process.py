@@ -36,7 +36,8 @@ def test_generate_user_error_exit_code(tmp_path):
 
 def test_train_no_progress_silences_the_loops_own_bar(tmp_path):
     """`--no-progress` (a background run's log): the loop passes its own ``disable=`` to tqdm, which a
-    patched default alone did not override; the bar must still be absent, the log lines present."""
+    patched default alone did not override; the bar must still be absent, and a "step N/M: loss" log
+    line stands in for it at log_every."""
     from pathlib import Path
 
     cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_unet.yaml"
@@ -48,3 +49,4 @@ def test_train_no_progress_silences_the_loops_own_bar(tmp_path):
     assert "train unet:" in loud.stderr  # the bar's description: the check below can see a bar
     assert "train unet:" not in quiet.stderr and "it/s" not in quiet.stderr
     assert "INFO latentdiff.train" in quiet.stderr
+    assert "step 3/3: loss" in quiet.stderr and "step 3/3: loss" not in loud.stderr  # log lines replace the bar

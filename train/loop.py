@@ -268,6 +268,9 @@ def train(task: Task, resume: str | None = None, config_path: str | None = None,
             running_n = 0
             lr = lr_scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+            if bar.disable and task.progress and accelerator.is_local_main_process:  # --no-progress: a log line instead
+                logger.info("step %d/%d: loss %.4f, lr %.2e, %.0f s so far", step, o.max_train_steps, last_loss, lr,
+                            wall_time())
             run.log({"train/loss": last_loss, "train/lr": lr, "train/grad_norm": float(grad_norm)})
         if getattr(cfg, "validation_steps", 0) and step % cfg.validation_steps == 0:
             task.validate(run, step)
