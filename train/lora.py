@@ -22,7 +22,6 @@ optimizer, the LR schedule, EMA and RNG states, and resume exactly.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import types
@@ -72,6 +71,7 @@ from .unet import (
     make_heldout_batch,
     prepare_data,
     tokenize,
+    with_captions_encoded_by,
 )
 
 logger = logging.getLogger("latentdiff.train")
@@ -275,9 +275,7 @@ def heldout_batch(enc: EncodedData, pipe, scaling_factor: float, seed: int, text
     """The U-Net task's fixed held-out batch, its captions encoded by the current (LoRA) text encoder:
     cached embeddings are the base encoder's."""
     batch = make_heldout_batch(enc, scaling_factor, len(pipe.alphas_cumprod), seed, pipe.vae, text_encoder)
-    with torch.no_grad():
-        emb = text_encoder(enc.token_ids[enc.caption_index])[0]
-    return dataclasses.replace(batch, emb=emb)
+    return with_captions_encoded_by(batch, enc, text_encoder)
 
 
 def digest(state: dict[str, torch.Tensor]) -> str:

@@ -45,7 +45,6 @@ from .common import (
     caption_table,
     check_loop_settings,
     check_model_source,
-    ema_copy,
     encode_text,
     hash_module,
     load_image_data,
@@ -411,6 +410,14 @@ def make_heldout_batch(enc: EncodedData, scaling_factor: float, num_train_timest
     return HeldOutBatch(z0, emb.detach(), t, eps)
 
 
+def with_captions_encoded_by(batch: HeldOutBatch, enc: EncodedData, text_encoder) -> HeldOutBatch:
+    """``batch`` with its captions encoded by ``text_encoder`` (a trained tower or one with adapters),
+    instead of the embeddings fixed when the batch was made."""
+    with torch.no_grad():
+        emb = text_encoder(enc.token_ids[enc.caption_index])[0]
+    return dataclasses.replace(batch, emb=emb)
+
+
 def _latent_shape(vae, images):
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     return (vae.config.latent_channels, images.shape[-2] // f, images.shape[-1] // f)
@@ -543,9 +550,7 @@ class UNetTask(Task):
             return None
         batch = self.heldout
         if self.trains_text_encoder and text_encoder is not None:
-            with torch.no_grad():
-                emb = text_encoder(self.val_enc.token_ids[self.val_enc.caption_index])[0]
-            batch = dataclasses.replace(batch, emb=emb)
+            batch = with_captions_encoded_by(batch, self.val_enc, text_encoder)
         return heldout_loss(unet, batch, self.alphas_cumprod, self.prediction_type, self.cfg.min_snr_gamma,
                             **self.loss_options())
 
