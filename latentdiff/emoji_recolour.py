@@ -17,6 +17,12 @@ than to call up the heart, circle or square that carries that colour in the data
   (:func:`~latentdiff.emoji_checks.dominant_colour`) names it as the target (a dark red turned
   "orange" reads brown, and is dropped).
 
+* **Real rows kept in weight**: the recoloured copies outnumber the real "<colour> <object>" rows
+  ("green apple", "orange book, twemoji style") by far, and the fourth stage of issue 14 measured
+  colour words on those known captions falling from 89% to 75% as recolouring grew.
+  :func:`real_colour_object_rows` finds those real rows, so the loader can repeat them
+  (``data.recolour_real_repeats``).
+
 Plain tensor functions; the training data loader (:func:`latentdiff.train.common.load_image_data`)
 calls :func:`recolour_rows` when ``data.recolour`` > 0.
 """
@@ -45,6 +51,9 @@ RECOLOUR_HUES = {"red": 0.0, "orange": 32.0, "yellow": 57.0, "green": 120.0, "bl
 OWN_COLOUR_SHARE = 0.1  # the same bound as the composition set's "colour not new to the object"
 HELD_OUT_MODULUS = 4    # objects whose name hashes to 0 mod 4 (about a quarter) are never recoloured
 _OBJECT_RE = re.compile(r"([a-z]+)((?:, [a-z ]+ style)?)")
+
+
+_COLOUR_OBJECT_RE = re.compile(r"(%s) [a-z]+(?:, [a-z ]+ style)?" % "|".join(COLOUR_WORDS))
 
 
 def held_out(obj: str) -> bool:
@@ -97,3 +106,10 @@ def recolour_rows(images_u8: torch.Tensor, captions: Sequence[str], copies: int,
             out_captions.append(f"{colour} {parts[0]}{parts[1]}")
     empty = images_u8.new_zeros((0, *images_u8.shape[1:]))
     return (torch.stack(out_images) if out_images else empty), out_captions
+
+
+def real_colour_object_rows(captions: Sequence[str]) -> list[int]:
+    """Indices of the captions of the recoloured rows' form, "<colour word> <one word>" with an
+    optional ", <style> style" ("green apple", "orange book, twemoji style"): the real data's own
+    colour-word examples."""
+    return [i for i, c in enumerate(captions) if _COLOUR_OBJECT_RE.fullmatch(c)]

@@ -9,7 +9,15 @@ import torch
 
 from latentdiff.config import ConfigError, from_dict
 from latentdiff.emoji_checks import dominant_colour
-from latentdiff.emoji_recolour import RECOLOUR_HUES, held_out, own_colours, recolour, recolour_rows, split_object_caption
+from latentdiff.emoji_recolour import (
+    RECOLOUR_HUES,
+    held_out,
+    own_colours,
+    real_colour_object_rows,
+    recolour,
+    recolour_rows,
+    split_object_caption,
+)
 from latentdiff.train.common import DataConfig, load_image_data
 
 
@@ -69,7 +77,22 @@ def test_data_recolour_adds_rows_to_training_only(noto_train):
     assert test.captions == test_plain.captions and torch.equal(test.images, test_plain.images)
 
 
+def test_real_colour_object_rows_are_repeated_after_the_recoloured_ones(noto_train):
+    captions = ["green apple", "green apple, twemoji style", "apple", "man: red hair", "light blue heart",
+                "red triangle pointed up", "blue"]
+    assert real_colour_object_rows(captions) == [0, 1]
+    base = load_image_data(DataConfig(source="emoji", recolour=1), "train", 64)
+    rep = load_image_data(DataConfig(source="emoji", recolour=1, recolour_real_repeats=3), "train", 64)
+    real = real_colour_object_rows(noto_train.captions)
+    assert len(real) > 20 and {noto_train.captions[i] for i in real} >= {"red apple", "blue heart", "orange book"}
+    assert rep.captions[:len(base)] == base.captions and torch.equal(rep.images[:len(base)], base.images)
+    assert rep.captions[len(base):] == [noto_train.captions[i] for i in real] * 3
+    assert torch.equal(rep.images[len(base):], noto_train.images[torch.tensor(real * 3)])
+
+
 @pytest.mark.parametrize("data, match", [
+    ({"source": "emoji", "recolour_real_repeats": 2}, "needs data.recolour > 0"),
+    ({"source": "emoji", "recolour": 1, "recolour_real_repeats": -1}, "data.recolour_real_repeats must be >= 0"),
     ({"source": "runs/my_images", "recolour": 2}, "data.recolour works on the in-memory embedded emoji sources"),
     ({"source": "emoji", "recolour": 2, "streaming": True}, "data.recolour works on the in-memory"),
     ({"source": "emoji", "recolour": -1}, "data.recolour must be >= 0"),

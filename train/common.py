@@ -75,6 +75,7 @@ class DataConfig:
     caption_dropout: float = 0.0      # probability a caption becomes "" (classifier-free guidance)
     style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
     recolour: int = 0                 # emoji sources: this many recoloured copies of each one-word object, captioned "blue apple" (latentdiff.emoji_recolour)
+    recolour_real_repeats: int = 0    # with recolour: the real "<colour> <object>" rows ("green apple") this many extra times
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
     # streaming (U-Net trainer; train/data.py): the training split is encoded shard by shard into a
@@ -99,6 +100,9 @@ class DataConfig:
             raise ValueError("data.resolution, data.max_samples and data.max_validation_samples must be >= 0")
         if self.recolour < 0:
             raise ValueError(f"data.recolour must be >= 0 (0 = off), got {self.recolour}")
+        if self.recolour_real_repeats < 0 or (self.recolour_real_repeats and not self.recolour):
+            raise ValueError(f"data.recolour_real_repeats must be >= 0 and needs data.recolour > 0, got "
+                             f"{self.recolour_real_repeats} with data.recolour {self.recolour}")
         if self.recolour and (self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets):
             raise ValueError(f"data.recolour works on the in-memory embedded emoji sources {EMBEDDED_DATASETS} "
                              f"(not {self.source!r}, streaming or aspect buckets): set data.recolour: 0")
@@ -427,6 +431,14 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
 
             extra, extra_captions = recolour_rows(images, captions, d.recolour)
             logger.info("data %s (%s): %d recoloured rows added to %d", d.source, split, len(extra), len(images))
+            if d.recolour_real_repeats:  # the real colour-word rows, repeated so the copies do not outweigh them
+                from latentdiff.emoji_recolour import real_colour_object_rows
+
+                keep = real_colour_object_rows(captions) * d.recolour_real_repeats
+                logger.info("data %s (%s): %d real colour-word rows repeated %d more times",
+                            d.source, split, len(keep) // d.recolour_real_repeats, d.recolour_real_repeats)
+                extra = torch.cat([extra, images[torch.tensor(keep, dtype=torch.long)]])
+                extra_captions = extra_captions + [captions[i] for i in keep]
             images, captions = torch.cat([images, extra]), captions + extra_captions
     else:
         try:
