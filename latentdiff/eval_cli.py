@@ -384,6 +384,10 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.no_progress:  # every bar, transformers' and diffusers' "Loading weights" too, not only ours
+        from latentdiff.progress import disable_progress_bars
+
+        disable_progress_bars()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     results = evaluate(args)

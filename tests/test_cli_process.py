@@ -50,3 +50,14 @@ def test_train_no_progress_silences_the_loops_own_bar(tmp_path):
     assert "train unet:" not in quiet.stderr and "it/s" not in quiet.stderr
     assert "INFO latentdiff.train" in quiet.stderr
     assert "step 3/3: loss" in quiet.stderr and "step 3/3: loss" not in loud.stderr  # log lines replace the bar
+
+
+def test_eval_no_progress_silences_transformers_loading_bar_too():
+    """`latentdiff eval --no-progress`: ours and the libraries' bars ("Loading weights", transformers')
+    are all off; without the flag they show, so the check below can see one."""
+    args = ("eval", "--sections", "colour", "--colour-limit", "1", "--steps", "1")
+    quiet, loud = _run(*args, "--no-progress"), _run(*args)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:] + loud.stderr[-2000:]
+    assert "Loading weights" in loud.stderr and "it/s" in loud.stderr
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
+    assert "Colour words" in quiet.stdout

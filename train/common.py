@@ -44,6 +44,7 @@ import yaml
 
 from latentdiff.config import ConfigError, load_config, save_config
 from latentdiff.fs import atomic_write_text
+from latentdiff.progress import disable_progress_bars
 from latentdiff.data.datasets import EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
 
 logger = logging.getLogger("latentdiff.train")
@@ -995,30 +996,6 @@ def run_main(train_fn, cls, argv, prog, description, epilog, flags: dict | None 
         logging.getLogger(name).setLevel(logging.WARNING)  # one line per saved file is noise
     train_fn(cfg, resume=args.resume, config_path=args.config, overwrite=args.overwrite_output_dir)
     return 0
-
-
-def disable_progress_bars() -> None:
-    """``--no-progress``: every tqdm bar of this process (ours, diffusers', transformers') is off.
-    tqdm reads ``TQDM_DISABLE`` when it is imported, which has happened by now; so the default
-    changes too."""
-    import functools
-
-    import tqdm
-    import tqdm.auto
-
-    os.environ["TQDM_DISABLE"] = "1"
-    for cls in {tqdm.tqdm, tqdm.auto.tqdm}:
-        if getattr(cls.__init__, "_latentdiff_quiet", False):
-            continue
-        original = cls.__init__
-
-        @functools.wraps(original)
-        def quiet(self, *args, _original=original, **kwargs):  # wins over a caller's own disable=False
-            kwargs["disable"] = True
-            _original(self, *args, **kwargs)
-
-        quiet._latentdiff_quiet = True
-        cls.__init__ = quiet
 
 
 def module_entry(main) -> None:

@@ -613,7 +613,7 @@ def config_from_args(args, config_cls=LoraTrainConfig) -> LoraTrainConfig:
 def main(argv: list[str] | None = None, *, config_cls=LoraTrainConfig, train_fn=None, prog: str = "latentdiff train lora",
          description: str = DESCRIPTION, epilog: str = EPILOG) -> int:
     """``latentdiff train lora``; ``train lcm`` is the same command line with its own config and task."""
-    from .common import disable_progress_bars
+    from latentdiff.progress import disable_progress_bars
 
     args = build_parser(prog, description, epilog).parse_args(argv)
     if args.no_progress:
