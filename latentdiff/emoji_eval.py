@@ -216,10 +216,19 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
                        progress: bool = True, validate: bool = True, **gen) -> dict:
     """Generate each composition prompt once (prompt i: seed + i) and judge colour and object; returns
     rates of "colour", "object", "both", "fallback" (judged as a coloured heart/circle/square/…), per
-    colour, the object judge's validation on real images, and the rows."""
+    colour, the object judge's validation on real images, and the rows.
+
+    ``plain_object``: each object also generated from its plain name ("apple", object j: seed + j) and
+    judged, so the object rate has its ceiling beside it: how often the model draws the object at all,
+    no colour asked. ``object_given_plain`` is the object rate over the prompts whose object the plain
+    prompt drew right: what asking for a colour loses, apart from how well the model draws."""
     texts = [p["prompt"] for p in prompts]
     images, _ = generate(pipe, texts, seed=seed, batch_size=batch_size, progress=progress, desc="composition", **gen)
     gallery = object_gallery(data)
+    names = list(dict.fromkeys(p["object"] for p in prompts))
+    plain_images, _ = generate(pipe, names, seed=seed, batch_size=batch_size, progress=progress,
+                               desc="composition, plain objects", **gen)
+    plain_ok = {o: seen == o for o, seen in zip(names, object_judge(plain_images, gallery))}
     top = object_judge(images, gallery, k=5)
     seen = [t[0] for t in top]
     objects = set(object_rows(data))
@@ -245,6 +254,8 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
                            "recoloured_in_training": subset([r for r in rows if not r["held_out"]])},
            "object_top5": rate("object_top5"), "fallback": rate("fallback"),
            "n_objects": len({r["object"] for r in rows}),
+           "plain_object": {"n": len(names), "object": sum(plain_ok.values()) / len(names) if names else None},
+           "object_given_plain": rate("object_ok", [r for r in rows if plain_ok[r["object"]]]),
            "per_colour": {c: {"n": len(rs), "colour": rate("colour_ok", rs), "object": rate("object_ok", rs)}
                           for c in COLOUR_WORDS if (rs := [r for r in rows if r["colour"] == c])},
            "rows": rows, "images": images}
@@ -262,6 +273,11 @@ def composition_markdown(c: dict) -> list[str]:
            "|---|---|---|---|---|",
            f"| {_pct(c['colour'])} | {_pct(c['object'])} | **{_pct(c['both'])}** | {_pct(c['fallback'])} | "
            f"{_pct(c.get('object_top5'))} |", ""]
+    po = c.get("plain_object")
+    if po:
+        out += [f"the same {po['n']} objects from their plain name (no colour asked): object right "
+                f"**{_pct(po['object'])}**, the ceiling of the object column; of the prompts whose object the "
+                f"plain name drew right, object right with the colour asked: **{_pct(c.get('object_given_plain'))}**", ""]
     br = c.get("by_recolour")
     if br:
         out += ["by object, for a model trained with `data.recolour` (latentdiff.emoji_recolour): "

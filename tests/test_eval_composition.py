@@ -64,18 +64,26 @@ def test_object_judge_sees_recoloured_real_objects(data):
 def test_report_separates_colour_from_object(data, prompts):
     sample = prompts[:24]
     index = {c: i for i, c in enumerate(data.captions)}
-    draws_object = ImagePipe(lambda p, s: data.images[index[p.split(" ", 1)[1]]])
+    draws_object = ImagePipe(lambda p, s: data.images[index[p.split(" ", 1)[-1]]])  # "apple" too: the plain name
     r = EE.composition_report(draws_object, data, sample, progress=False, validate=False)
     # the object's own image: judged as that object; its colours never include the asked one (< 10% share)
     assert r["object"] > 0.9 and r["object_top5"] >= r["object"] and r["colour"] == 0 and r["both"] == 0
     assert r["fallback"] == 0
-    recoloured = ImagePipe(lambda p, s: EE.hue_rotate(data.images[index[p.split(" ", 1)[1]]], 180))
+    assert r["plain_object"]["n"] == len({p["object"] for p in sample}) and r["plain_object"]["object"] > 0.9
+    assert r["object_given_plain"] > 0.9
+    recoloured = ImagePipe(lambda p, s: EE.hue_rotate(data.images[index[p.split(" ", 1)[-1]]], 180))
     assert EE.composition_report(recoloured, data, sample, progress=False, validate=False)["object"] > 0.8
-    heart = ImagePipe(lambda p, s: data.images[index[f"{p.split(' ', 1)[0]} heart"]])
+    # draws the plain name right but a coloured heart when a colour is asked: the ceiling is high, the rest 0
+    heart = ImagePipe(lambda p, s: data.images[index[f"{p.split(' ', 1)[0]} heart" if " " in p else p]])
     r = EE.composition_report(heart, data, sample, progress=False, validate=False)
     assert r["object"] == 0 and r["fallback"] == 1 and r["colour"] == 1 and r["both"] == 0
+    assert r["plain_object"]["object"] > 0.9 and r["object_given_plain"] == 0
     text = "\n".join(EE.composition_markdown(r))
     assert "| 100.0% | 0.0% | **0.0%** | 100.0% | 0.0% |" in text  # colour, object, both, fallback, top 5
+    assert "with the colour asked: **0.0%**" in text
+    always_heart = ImagePipe(lambda p, s: data.images[index["red heart"]])  # never the object, plain or not
+    r = EE.composition_report(always_heart, data, sample, progress=False, validate=False)
+    assert r["plain_object"]["object"] == 0 and r["object_given_plain"] is None
 
 
 def test_no_objects_is_a_clear_error():
@@ -107,6 +115,8 @@ def test_report_gives_held_out_and_recoloured_objects_apart(data, prompts):
     index = {c: i for i, c in enumerate(data.captions)}
 
     def draw(p, s):
+        if " " not in p:  # the plain object name
+            return data.images[index[p]]
         colour, obj = p.split(" ", 1)
         if held_out(obj):
             return data.images[index[f"{colour} heart"]]
