@@ -577,7 +577,9 @@ def test_trained_text_encoder_keeps_cached_latents_its_own_lr_and_exports_its_em
     out = tmp_path / "te"
     train_unet(unet_cfg(out, **{"optim.max_train_steps": 4, "checkpointing_steps": 4, "train_text_encoder": True,
                                 "text_encoder_learning_rate": 3e-3}))
-    assert list((out / "cache").glob("train-*.safetensors")), "latents not cached"
+    cached = list((out / "cache").glob("train-*.safetensors"))
+    assert cached, "latents not cached"
+    assert "mean" in weights(cached[0]) and "text_embeddings" not in weights(cached[0])  # the tower's job now
     ckpt = out / "checkpoints" / "checkpoint-4"
     groups = torch.load(ckpt / "optimizer.bin", weights_only=False)["param_groups"]
     assert [g["initial_lr"] for g in groups] == [1e-3, 3e-3]

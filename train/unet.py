@@ -241,14 +241,15 @@ class EncodedData:
 
 
 def cache_parts(data: ImageData, vae, text_encoder, token_ids: torch.Tensor, flips: bool, center_crop: bool) -> dict:
-    """Everything the cached tensors depend on; its hash is the cache key."""
+    """Everything the cached tensors depend on; its hash is the cache key. ``text_encoder`` None: a
+    latents-only cache (the tower trains and encodes the captions every step)."""
     return {
         "version": CACHE_VERSION,
         "data": data.fingerprint(),
         "split": data.split,
         "resolution": int(data.images.shape[-1]),
         "vae": hash_module(vae),
-        "text_encoder": hash_module(text_encoder),
+        **({"text_encoder": hash_module(text_encoder)} if text_encoder is not None else {"text": "not cached"}),
         "tokens": hashlib.sha256(token_ids.numpy().tobytes()).hexdigest(),
         "random_flip": flips,
         "center_crop": center_crop,
@@ -280,18 +281,21 @@ def prepare_data(data: ImageData, comps: Components, cfg: UNetTrainConfig, accel
     if not cfg.cache:
         return EncodedData(caption_index.to(device), len(table) - 1, images=data.images.to(device),
                            token_ids=token_ids.to(device))
-    key = cache_key(cache_parts(data, comps.vae, comps.text_encoder, token_ids, flips, cfg.data.center_crop))
+    # a trained tower encodes the captions every step: the cache holds latents only, whatever the tower
+    cached_tower = None if cfg.train_text_encoder else comps.text_encoder
+    key = cache_key(cache_parts(data, comps.vae, cached_tower, token_ids, flips, cfg.data.center_crop))
     path = cache_dir / f"{data.split}-{key}.safetensors"
     # one writer per node (an atomic rename makes concurrent writers on a shared filesystem harmless)
     if accelerator.is_local_main_process and not path.is_file():
-        logger.info("encoding %d images and %d captions into the cache %s", len(data), len(table), path)
-        vae, te = comps.vae.to(device), comps.text_encoder.to(device)
-        mean, std = encode_latent_stats(vae, data.images, flips, 256, device)
-        emb = encode_text(te, token_ids, 256, device)
-        save_tensors_atomic({"mean": mean, "std": std, "text_embeddings": emb, "caption_index": caption_index}, path,
-                            {"key": key, "split": data.split, "source": data.source})
+        what = f"{len(table)} captions" if cached_tower is not None else "no captions (the tower trains)"
+        logger.info("encoding %d images and %s into the cache %s", len(data), what, path)
+        mean, std = encode_latent_stats(comps.vae.to(device), data.images, flips, 256, device)
+        tensors = {"mean": mean, "std": std, "caption_index": caption_index}
+        if cached_tower is not None:
+            tensors["text_embeddings"] = encode_text(cached_tower.to(device), token_ids, 256, device)
+        save_tensors_atomic(tensors, path, {"key": key, "split": data.split, "source": data.source})
     elif accelerator.is_local_main_process:
-        logger.info("using cached latents and text embeddings %s", path)
+        logger.info("using the cache %s", path)
     accelerator.wait_for_everyone()
     t = load_tensors(path, device)
     if cfg.train_text_encoder:  # cached latents; the captions are encoded every step by the tower being trained
