@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-plot", default=None, help="write the sampler report's error-vs-NFE plot (PNG) here")
     p.add_argument("--reference-steps", type=int, default=1000)
     p.add_argument("--guidance-scales", default="1,2,3,5,7.5")
-    p.add_argument("--sampler", default=None, help="sampler for the other sections (default: the model's)")
+    p.add_argument("--sampler", default=None, help="sampler for the other sections, a registry or A1111 name (\"DPM++ 2M Karras\"; default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="steps for the other sections (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--spacing", default=None, help="timestep spacing: leading | trailing | linspace | logsnr "
@@ -242,7 +242,7 @@ def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
     """Every input that a later stage would trip over, checked before the minutes of loading data and
     training the evaluator: the device, the model folder, the samplers, the output paths."""
     from latentdiff.io import check_writable_dir, resolve_device, resolve_model_dir
-    from latentdiff.samplers import get_sampler
+    from latentdiff.samplers import get_sampler, resolve_sampler
 
     resolve_device(args.device)
     if [s for s in sections if s != "real"] or args.grid:
@@ -250,8 +250,10 @@ def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"--model {args.model}: {path} is not a pipeline folder (model_index.json is "
                                     "missing)")
-    for name in [*(args.samplers.split(",") if "samplers" in sections else []), *([args.sampler] if args.sampler else [])]:
+    for name in args.samplers.split(",") if "samplers" in sections else []:
         get_sampler(name.strip())
+    if args.sampler:  # as `latentdiff generate --sampler` takes it: an A1111 name ("DPM++ 2M Karras") too
+        resolve_sampler(args.sampler)
     for flag, value in (("--out", args.out), ("--grid", args.grid)):
         if value:
             if Path(value).is_dir():

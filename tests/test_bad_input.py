@@ -644,6 +644,11 @@ def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, m
     assert rc == 2 and "not found" in one_error_line(err) and "missing" in err
     rc, _, err = run(capsys, "eval", "--samplers", "ddim,nope")
     assert rc == 2 and "Unknown sampler 'nope'" in one_error_line(err)
+    rc, _, err = run(capsys, "eval", "--sampler", "DPM++ 2M Nope")
+    assert rc == 2 and "Unknown sampler" in one_error_line(err) and "DPM++ 2M Karras" in err
+    # an A1111 name passes the checks, as `latentdiff generate --sampler` takes it (then the data: the stub)
+    with pytest.raises(pytest.fail.Exception, match="loaded data before checking --model"):
+        C.main(["--sampler", "DPM++ 2M Karras", "--sections", "colour"])
     rc, _, err = run(capsys, "eval", "--device", "gpu")
     assert rc == 2 and "device 'gpu' is not a device name" in one_error_line(err)
     rc, _, err = run(capsys, "eval", "--out", tmp_path)
