@@ -67,6 +67,7 @@ from latentdiff.evaluation import (
     generate,
     load_image_set,
     random_affine,
+    vae_roundtrip,
 )
 
 OBJECT_GROUPS = ("Activities", "Animals & Nature", "Food & Drink", "Objects", "Travel & Places")
@@ -326,6 +327,11 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
             for k, s in enumerate(names) if (truth == k).any()}
     out = {"styles": names, "n": len(captions), "real_accuracy": real,
            "real_accuracy_mean": float(np.mean(list(real.values())))}
+    # the same real images through the model's VAE: the ceiling for anything its decoder draws
+    rec = evaluator_outputs(net, vae_roundtrip(pipe.vae, real_test.images))[0]["style"]
+    out["vae_accuracy"] = {s: float((rec[truth == k] == k).float().mean())
+                           for k, s in enumerate(names) if (truth == k).any()}
+    out["vae_accuracy_mean"] = float(np.mean(list(out["vae_accuracy"].values())))
     images, _ = generate(pipe, list(captions), seed=seed, batch_size=batch_size, progress=progress,
                          desc="style: plain", **gen)
     p = evaluator_outputs(net, images)[0]["style"]
@@ -347,6 +353,9 @@ def style_markdown(s: dict) -> list[str]:
            "| images | " + " | ".join(f"judged {n}" for n in names) + " |", "|---|" + "---|" * len(names)]
     out.append("| real test (accuracy per style) | "
                + " | ".join(_pct(s["real_accuracy"].get(n)) for n in names) + " |")
+    if "vae_accuracy" in s:
+        out.append("| real test through the model's VAE (the ceiling) | "
+                   + " | ".join(_pct(s["vae_accuracy"].get(n)) for n in names) + " |")
     out.append("| plain caption | " + " | ".join(_pct(s["plain_distribution"][n]) for n in names) + " |")
     for n in names:
         d = s["suffixed"][n]["distribution"]

@@ -34,6 +34,7 @@ from latentdiff.evaluation import (
     reference_fd,
     sampler_report,
     save_labelled_grid,
+    vae_roundtrip,
 )
 
 logger = logging.getLogger("latentdiff.eval")
@@ -75,7 +76,12 @@ def markdown_report(results: dict) -> str:
                 f"| generated | {g['n']} | " + " | ".join(_pct(g["accuracy"].get(c)) for c in cols)
                 + f" | {_num(g['fd_generated_real'])} |",
                 f"| real, same rows | {g['n']} | " + " | ".join(_pct(g["real_accuracy_same_rows"].get(c)) for c in cols)
-                + f" | {_num(g.get('fd_reference'))} (real train subset vs these) |", ""]
+                + f" | {_num(g.get('fd_reference'))} (real train subset vs these) |"]
+        if "vae_accuracy_same_rows" in g:
+            out.append(f"| real through the model's VAE, same rows (the ceiling) | {g['n']} | "
+                       + " | ".join(_pct(g["vae_accuracy_same_rows"].get(c)) for c in cols)
+                       + f" | {_num(g['fd_vae_real'])} |")
+        out.append("")
         if cols and g["real_accuracy_same_rows"].get(cols[0]):
             ratio = g["accuracy"][cols[0]] / g["real_accuracy_same_rows"][cols[0]]
             out += [f"{cols[0]} accuracy ratio generated/real: {ratio:.2f}; Fréchet ratio generated/reference: "
@@ -311,7 +317,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     if "generated" in sections and net is not None:
         images, _ = generate(pipe, test_set.captions, desc="test captions", **common, **gen)
-        results["generated"] = generated_report(net, images, test_set)
+        results["generated"] = generated_report(net, images, test_set,
+                                                reconstructed=vae_roundtrip(pipe.vae, test_set.images))
         results["generated"]["fd_reference"] = reference_fd(net, train_set, test_set, seed=args.seed)
     both = ImageSet(torch.cat([train_set.images, test_full.images]), train_set.captions + test_full.captions,
                     {c: torch.cat([train_set.labels[c], test_full.labels[c]]) for c in cols}, train_set.label_names)

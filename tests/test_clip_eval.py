@@ -293,6 +293,8 @@ def test_eval_end_to_end_on_tiny_pipeline(tmp_path, tiny_pipeline_dir):
     r = json.loads(out.read_text())
     assert set(r) >= {"real", "generated", "colour", "skin", "samplers", "guidance", "grid"}
     assert r["generated"]["n"] == 6 and r["colour"]["n"] == 3
+    assert 0 <= r["generated"]["vae_accuracy_same_rows"]["group"] <= 1 and np.isfinite(r["generated"]["fd_vae_real"])
+    assert "real through the model's VAE" in eval_cli.markdown_report(r)
     assert r["colour"]["reference"]["rate"] == 1.0  # the checker reads the real coloured shapes right
     assert [(row["sampler"], row["spacing"], row["steps"]) for row in r["samplers"]["rows"]] == \
         [(s, sp, n) for s in ("ddim", "dpmpp_2m") for sp in ("trailing", "logsnr") for n in (2, 4)]

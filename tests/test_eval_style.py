@@ -13,7 +13,7 @@ from latentdiff import eval_cli
 from latentdiff import emoji_eval as EE
 from latentdiff import evaluation as E
 
-from stand_ins import ImagePipe
+from stand_ins import ImagePipe, ImageVAE
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,43 @@ def test_report_on_a_model_that_draws_the_asked_style(style_net, sets):
     assert r["real_accuracy"]["noto"] > 0.9 and r["real_accuracy"]["symbola"] > 0.9
     assert r["suffixed"]["symbola"]["judged_as_asked"] > 0.9 and r["suffixed"]["noto"]["judged_as_asked"] > 0.9
     assert r["plain_distribution"]["noto"] > 0.9
+    assert r["vae_accuracy"] == r["real_accuracy"]  # this stand-in's VAE is the identity
     text = "\n".join(EE.style_markdown(r))
-    assert '"…, symbola style"' in text and "judged symbola" in text
+    assert '"…, symbola style"' in text and "judged symbola" in text and "through the model's VAE" in text
+
+
+def test_vae_ceiling_drops_when_the_decoder_loses_the_style(style_net, sets):
+    """A decoder that draws every image as a blurred grey blob cannot show Symbola's black outline:
+    the ceiling row says so, while the real-image row (same judge) stays high."""
+    _, test = sets
+
+    def grey_blob(x):
+        return torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4).mean(1, keepdim=True).expand_as(x) * 0.2
+
+    r = EE.style_report(ImagePipe(lambda p, s: test.images[s % len(test)], vae=ImageVAE(grey_blob)), style_net,
+                        test, test.captions[:2], progress=False)
+    assert min(r["real_accuracy"].values()) > 0.9
+    assert r["vae_accuracy_mean"] < 0.75 and min(r["vae_accuracy"].values()) < 0.5
+
+
+def test_vae_roundtrip_matches_the_vae_trainers_reconstruction():
+    """vae_roundtrip (images in [0, 1]) against train.vae.reconstruct (uint8 in), on a random
+    diffusers AutoencoderKL: D(μ(x)) both."""
+    from diffusers import AutoencoderKL
+
+    from latentdiff.train.vae import reconstruct
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        sample_size=16).eval()
+    u8 = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    got = E.vae_roundtrip(vae, u8.float() / 255, batch_size=2)
+    with torch.no_grad():
+        ref = reconstruct(vae, u8, 3, "cpu")
+    assert got.shape == (5, 3, 16, 16) and 0 <= float(got.min()) and float(got.max()) <= 1
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert not torch.allclose(got, u8.float() / 255, atol=0.05)  # a random VAE is not the identity
 
 
 def test_eval_cli_diversity_and_style(tmp_path, tiny_pipeline_dir):
