@@ -214,7 +214,8 @@ def validate_object_judge(data: ImageSet, gallery: tuple[torch.Tensor, list[str]
 
 
 def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: int = 0, batch_size: int = 32,
-                       progress: bool = True, validate: bool = True, **gen) -> dict:
+                       progress: bool = True, validate: bool = True, gallery_data: ImageSet | None = None,
+                       **gen) -> dict:
     """Generate each composition prompt once (prompt i: seed + i) and judge colour and object; returns
     rates of "colour", "object", "both", "fallback" (judged as a coloured heart/circle/square/…), per
     colour, the object judge's validation on real images, and the rows.
@@ -222,9 +223,14 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
     ``plain_object``: each object also generated from its plain name ("apple", object j: seed + j) and
     judged, so the object rate has its ceiling beside it: how often the model draws the object at all,
     no colour asked. ``object_given_plain`` is the object rate over the prompts whose object the plain
-    prompt drew right: what asking for a colour loses, apart from how well the model draws."""
+    prompt drew right: what asking for a colour loses, apart from how well the model draws.
+
+    ``gallery_data``: the real images the object judge compares against, and validates on (default:
+    ``data``). A model that draws several styles needs every style's apple in the gallery, or an apple
+    drawn in a style the gallery lacks counts as a wrong object."""
     texts = [p["prompt"] for p in prompts]
     images, _ = generate(pipe, texts, seed=seed, batch_size=batch_size, progress=progress, desc="composition", **gen)
+    data = gallery_data if gallery_data is not None else data
     gallery = object_gallery(data)
     names = list(dict.fromkeys(p["object"] for p in prompts))
     plain_images, _ = generate(pipe, names, seed=seed, batch_size=batch_size, progress=progress,
@@ -285,7 +291,8 @@ def composition_markdown(c: dict) -> list[str]:
                 + "; ".join(f"{name.replace('_', ' ')} ({x['n']} prompts): colour {_pct(x['colour'])}, object "
                             f"{_pct(x['object'])}, both **{_pct(x['both'])}**" for name, x in br.items()), ""]
     if v:
-        out += [f"object judge on {v['n']} real object images, hue-rotated, shifted, zoomed and blurred: "
+        gallery = f" (gallery: {c['gallery']})" if c.get("gallery") else ""
+        out += [f"object judge{gallery} on {v['n']} real object images, hue-rotated, shifted, zoomed and blurred: "
                 f"**{_pct(v['accuracy'])}** right (chance {_pct(v['chance'])}); per rotation "
                 + ", ".join(f"{k}° {_pct(x)}" for k, x in v["per_degree"].items()), ""]
     out += ["per colour (colour / object right): " + ", ".join(

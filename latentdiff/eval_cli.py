@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diversity-seeds", type=int, default=8, help="images per word (default: 8)")
     p.add_argument("--composition-limit", type=int, default=96,
                    help="colour × object prompts (a fixed spread-out sample; 0 = all 2,796 of the emoji; default: 96)")
+    p.add_argument("--composition-gallery", default=None,
+                   help="dataset whose real object images (train and test) the composition section's object judge "
+                        "compares against, e.g. emoji:all for a model that draws every style (default: --dataset; "
+                        "the prompts always come from --dataset)")
     p.add_argument("--styles", default="noto,symbola",
                    help="emoji styles the style classifier tells apart (default: noto,symbola)")
     p.add_argument("--style-dataset", default="emoji", help="the styles are read as STYLE_DATASET:STYLE (default: emoji)")
@@ -260,6 +264,13 @@ def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
         get_sampler(name.strip())
     if args.sampler:  # as `latentdiff generate --sampler` takes it: an A1111 name ("DPM++ 2M Karras") too
         resolve_sampler(args.sampler)
+    if "composition" in sections and args.composition_gallery:
+        from latentdiff.data.datasets import _classify_source
+
+        try:
+            _classify_source(args.composition_gallery)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"--composition-gallery {args.composition_gallery}: {e}") from None
     for flag, value in (("--out", args.out), ("--grid", args.grid)):
         if value:
             if Path(value).is_dir():
@@ -368,7 +379,16 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
         results["diversity"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "composition" in sections:
         prompts = emoji_eval.composition_prompts(both, limit=args.composition_limit or None)
-        results["composition"] = emoji_eval.composition_report(pipe, both, prompts, **common, **gen)
+        gallery = None
+        if args.composition_gallery and args.composition_gallery != args.dataset:
+            parts = [load_image_set(args.composition_gallery, split, args.resolution, ["group"],
+                                    progress=common["progress"]) for split in (args.train_split, args.test_split)]
+            parts[1] = align_labels(parts[1], parts[0].label_names)
+            gallery = ImageSet(torch.cat([x.images for x in parts]), parts[0].captions + parts[1].captions,
+                               {"group": torch.cat([x.labels["group"] for x in parts])}, parts[0].label_names)
+        results["composition"] = emoji_eval.composition_report(pipe, both, prompts, gallery_data=gallery,
+                                                               **common, **gen)
+        results["composition"]["gallery"] = args.composition_gallery or args.dataset
         results["composition"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "style" in sections:
         if net is not None and "style" in net.heads:  # the data has a style column: the evaluator knows it

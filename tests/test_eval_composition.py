@@ -125,3 +125,37 @@ def test_report_gives_held_out_and_recoloured_objects_apart(data, prompts):
     r = EE.composition_report(ImagePipe(draw), data, sample, progress=False, validate=False)["by_recolour"]
     assert r["held_out"]["n"] == r["recoloured_in_training"]["n"] == 12
     assert r["held_out"]["both"] == 0 and r["recoloured_in_training"]["both"] > 0.5
+
+
+def test_gallery_of_every_style_the_model_draws(data, prompts):
+    """A model that draws each object exactly as Twemoji does is judged against a Noto-only gallery as
+    drawing the wrong object most of the time; with Twemoji's images in the gallery, as right."""
+    parts = [align_labels(load_image_set("emoji:twemoji", split, 64, ["group"]), data.label_names)
+             for split in ("train", "test")]
+    tw = ImageSet(torch.cat([x.images for x in parts]), parts[0].captions + parts[1].captions,
+                  {"group": torch.cat([x.labels["group"] for x in parts])}, data.label_names)
+    both = ImageSet(torch.cat([data.images, tw.images]), data.captions + tw.captions,
+                    {"group": torch.cat([data.labels["group"], tw.labels["group"]])}, data.label_names)
+    index = {c: i for i, c in enumerate(tw.captions)}
+    sample = [p for p in prompts if p["object"] in index][:40]
+    twemoji = ImagePipe(lambda p, s: tw.images[index[p.split(" ", 1)[-1]]])
+    noto_only = EE.composition_report(twemoji, data, sample, progress=False, validate=False)
+    with_style = EE.composition_report(twemoji, data, sample, progress=False, validate=False, gallery_data=both)
+    assert noto_only["object"] < 0.5 and noto_only["plain_object"]["object"] < 0.5
+    assert with_style["object"] > 0.9 and with_style["plain_object"]["object"] > 0.9
+
+
+def test_eval_cli_composition_gallery(tmp_path, tiny_pipeline_dir):
+    import json
+
+    torch.set_num_threads(1)
+    out = tmp_path / "r.json"
+    base = ["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--sections", "composition",
+            "--composition-limit", "2", "--steps", "2", "--no-progress", "--out", str(out)]
+    with pytest.raises(ValueError, match="--composition-gallery emoji:nope: unknown emoji style"):
+        eval_cli.main(base + ["--composition-gallery", "emoji:nope"])
+    assert not out.exists()
+    assert eval_cli.main(base + ["--composition-gallery", "emoji:twemoji"]) == 0
+    r = json.loads(out.read_text())["composition"]
+    assert r["gallery"] == "emoji:twemoji" and r["n"] == 2 and r["judge_validation"]["n"] > 100
+    assert "object judge (gallery: emoji:twemoji)" in "\n".join(EE.composition_markdown(r))
