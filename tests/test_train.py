@@ -311,6 +311,33 @@ def test_vae_reconstructs_heldout_emoji_better_than_init(trained_vae):
     assert list((out / "validation").glob("step-*.png"))
 
 
+def test_vae_decoder_only_keeps_the_latent_space(trained_vae, tmp_path):
+    """train_decoder_only on another style (Symbola line art): encoder, quant_conv and scaling factor
+    are bitwise the init's (a U-Net trained on those latents still fits), the decoder learnt the style."""
+    from diffusers import AutoencoderKL
+
+    from latentdiff.train.common import load_image_data
+
+    vae_out, _, _ = trained_vae
+    over = {"output_dir": str(tmp_path / "dec"), "device": "cpu", "cpu_threads": 1, "model": "",
+            "init_from": str(vae_out / "vae"), "train_decoder_only": True, "data.source": "emoji:symbola",
+            "data.max_samples": 128, "data.max_validation_samples": 32, "optim.max_train_steps": 30,
+            "checkpointing_steps": 0, "validation_steps": 0}
+    cfg = load_config(TINY_VAE, VAETrainConfig, over)
+    summary = train_vae(cfg)
+    init, new = AutoencoderKL.from_pretrained(vae_out / "vae"), AutoencoderKL.from_pretrained(tmp_path / "dec" / "vae")
+    a, b = init.state_dict(), new.state_dict()
+    frozen = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert new.config.scaling_factor == init.config.scaling_factor == summary["scaling_factor"]
+    heldout = load_image_data(cfg.data, "test", 32)
+    before, after = heldout_psnr(init, heldout.images, 64, "cpu"), heldout_psnr(new, heldout.images, 64, "cpu")
+    assert after > before + 0.5, (before, after)
+    with pytest.raises(ValueError, match="train_decoder_only needs init_from"):
+        load_config(TINY_VAE, VAETrainConfig, {**over, "init_from": "", "model": "tiny.yaml"}).validate()
+
+
 def test_unet_training_lowers_heldout_loss_and_exports_pipeline(trained_vae, tmp_path):
     vae_out, _, _ = trained_vae
     out = tmp_path / "unet"

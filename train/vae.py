@@ -79,6 +79,10 @@ class VAETrainConfig:
     random_crop: int = 0           # >0: train on random crops of this size (the VAE is convolutional)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     scaling_factor_samples: int = 0  # images used to measure the scaling factor (0 = the whole training set)
+    # Fine-tune the decoder alone (encoder and quant_conv frozen, the init's scaling factor kept): the
+    # latent space stays the one a U-Net was trained on, so it keeps working with the new decoder
+    # (what Stability's sd-vae-ft-mse did for SD 1.x). Needs init_from.
+    train_decoder_only: bool = False
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
     validation_steps: int = 500    # reconstruction grid + held-out PSNR (0 = only at the end)
@@ -90,6 +94,9 @@ class VAETrainConfig:
         check_model_source(self.model, self.init_from)
         if self.random_crop < 0:
             raise ValueError("random_crop must be >= 0 (0 = full images)")
+        if self.train_decoder_only and not self.init_from:
+            raise ValueError("train_decoder_only needs init_from: the VAE (or pipeline folder) whose encoder and "
+                             "latent space the new decoder keeps")
 
 
 class PatchDiscriminator(torch.nn.Module):
@@ -208,6 +215,10 @@ class VAETask(Task):
         self.images = self.train_data.images.to(run.device)  # uint8 (N, 3, R, R) on the device: a step is indexing
         self.crop = self.cfg.random_crop or self.resolution
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if self.cfg.train_decoder_only:
+            for module in (self.vae.encoder, self.vae.quant_conv):
+                if module is not None:
+                    module.requires_grad_(False)
         return AutoencoderStep(self.vae.train())
 
     def extra_objects(self) -> list:
@@ -281,8 +292,11 @@ class VAETask(Task):
         """output_dir/vae with the EMA weights and the measured scaling factor."""
         cfg, device = self.cfg, run.device
         final = run.ema_copy().float()
-        n = cfg.scaling_factor_samples or len(self.train_data)
-        sf = measure_scaling_factor(final, self.train_data.images[:n], 64, device, cfg.seed)
+        if cfg.train_decoder_only:  # the latents a U-Net learnt are unchanged: so must be their scale
+            sf = float(self.vae.config.scaling_factor)
+        else:
+            n = cfg.scaling_factor_samples or len(self.train_data)
+            sf = measure_scaling_factor(final, self.train_data.images[:n], 64, device, cfg.seed)
         final.register_to_config(scaling_factor=sf)
         val_psnr = heldout_psnr(final, self.val_data.images, 64, device) if self.val_data is not None else None
         final.save_pretrained(run.out / "vae", safe_serialization=True)
@@ -311,6 +325,8 @@ EPILOG = """examples:
   latentdiff train vae --config configs/tiny_vae.yaml --output-dir runs/tiny_vae --device cpu
   # continue an interrupted run exactly
   latentdiff train vae --config configs/emoji_vae.yaml --resume latest
+  # a new decoder for the shipped model's latents, on all four emoji styles (encoder frozen)
+  latentdiff train vae --config configs/emoji_vae_decoder.yaml
   # multi-GPU
   accelerate launch --multi_gpu --num_processes 4 -m latentdiff.train.vae --config configs/emoji_vae.yaml
 """
