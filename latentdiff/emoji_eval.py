@@ -214,8 +214,7 @@ def validate_object_judge(data: ImageSet, gallery: tuple[torch.Tensor, list[str]
 
 
 def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: int = 0, batch_size: int = 32,
-                       progress: bool = True, validate: bool = True, gallery_data: ImageSet | None = None,
-                       **gen) -> dict:
+                       progress: bool = True, validate: bool = True, **gen) -> dict:
     """Generate each composition prompt once (prompt i: seed + i) and judge colour and object; returns
     rates of "colour", "object", "both", "fallback" (judged as a coloured heart/circle/square/…), per
     colour, the object judge's validation on real images, and the rows.
@@ -225,12 +224,11 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
     no colour asked. ``object_given_plain`` is the object rate over the prompts whose object the plain
     prompt drew right: what asking for a colour loses, apart from how well the model draws.
 
-    ``gallery_data``: the real images the object judge compares against, and validates on (default:
-    ``data``). A model that draws several styles needs every style's apple in the gallery, or an apple
-    drawn in a style the gallery lacks counts as a wrong object."""
+    ``data``: the real images the object judge compares against and validates on (the prompts come
+    from wherever ``prompts`` was built). A model that draws several styles needs every style's apple
+    in it, or an apple drawn in a style it lacks counts as a wrong object."""
     texts = [p["prompt"] for p in prompts]
     images, _ = generate(pipe, texts, seed=seed, batch_size=batch_size, progress=progress, desc="composition", **gen)
-    data = gallery_data if gallery_data is not None else data
     gallery = object_gallery(data)
     names = list(dict.fromkeys(p["object"] for p in prompts))
     plain_images, _ = generate(pipe, names, seed=seed, batch_size=batch_size, progress=progress,

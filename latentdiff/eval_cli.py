@@ -331,8 +331,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         results["generated"] = generated_report(net, images, test_set,
                                                 reconstructed=vae_roundtrip(pipe.vae, test_set.images))
         results["generated"]["fd_reference"] = reference_fd(net, train_set, test_set, seed=args.seed)
-    both = ImageSet(torch.cat([train_set.images, test_full.images]), train_set.captions + test_full.captions,
-                    {c: torch.cat([train_set.labels[c], test_full.labels[c]]) for c in cols}, train_set.label_names)
+    both = ImageSet.concat(train_set, test_full)
     if "colour" in sections:
         results["colour"] = colour_report(pipe, colour_prompts, reference=both, **common, **gen)
     if "skin" in sections:
@@ -379,15 +378,12 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
         results["diversity"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "composition" in sections:
         prompts = emoji_eval.composition_prompts(both, limit=args.composition_limit or None)
-        gallery = None
+        gallery = both  # the object judge's real images
         if args.composition_gallery and args.composition_gallery != args.dataset:
-            parts = [load_image_set(args.composition_gallery, split, args.resolution, ["group"],
-                                    progress=common["progress"]) for split in (args.train_split, args.test_split)]
-            parts[1] = align_labels(parts[1], parts[0].label_names)
-            gallery = ImageSet(torch.cat([x.images for x in parts]), parts[0].captions + parts[1].captions,
-                               {"group": torch.cat([x.labels["group"] for x in parts])}, parts[0].label_names)
-        results["composition"] = emoji_eval.composition_report(pipe, both, prompts, gallery_data=gallery,
-                                                               **common, **gen)
+            train, test = (load_image_set(args.composition_gallery, split, args.resolution, ["group"],
+                                          progress=common["progress"]) for split in (args.train_split, args.test_split))
+            gallery = ImageSet.concat(train, align_labels(test, train.label_names))
+        results["composition"] = emoji_eval.composition_report(pipe, gallery, prompts, **common, **gen)
         results["composition"]["gallery"] = args.composition_gallery or args.dataset
         results["composition"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "style" in sections:

@@ -69,6 +69,15 @@ class ImageSet:
         return ImageSet(self.images[idx], [self.captions[i] for i in idx.tolist()],
                         {k: v[idx] for k, v in self.labels.items()}, self.label_names)
 
+    @classmethod
+    def concat(cls, *sets: "ImageSet") -> "ImageSet":
+        """The rows of ``sets`` one after another; their labels must be numbered alike (:func:`align_labels`)."""
+        first = sets[0]
+        if any(s.label_names != first.label_names or set(s.labels) != set(first.labels) for s in sets):
+            raise ValueError("ImageSet.concat: the sets number their labels differently; align_labels them first")
+        return cls(torch.cat([s.images for s in sets]), [c for s in sets for c in s.captions],
+                   {k: torch.cat([s.labels[k] for s in sets]) for k in first.labels}, first.label_names)
+
 
 def load_image_set(source: str, split: str, resolution: int, label_columns: Sequence[str] = (), *,
                    image_column: str = "image", caption_column: str = "text", progress: bool = False) -> ImageSet:

@@ -22,8 +22,7 @@ from stand_ins import ImagePipe
 def data():
     train = load_image_set("emoji", "train", 64, ["group", "subgroup"])
     test = align_labels(load_image_set("emoji", "test", 64, ["group", "subgroup"]), train.label_names)
-    return ImageSet(torch.cat([train.images, test.images]), train.captions + test.captions,
-                    {c: torch.cat([train.labels[c], test.labels[c]]) for c in train.labels}, train.label_names)
+    return ImageSet.concat(train, test)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +85,16 @@ def test_report_separates_colour_from_object(data, prompts):
     assert r["plain_object"]["object"] == 0 and r["object_given_plain"] is None
 
 
+def test_image_sets_concatenate_only_when_numbered_alike():
+    a = ImageSet(torch.zeros(2, 3, 4, 4), ["x", "y"], {"group": torch.tensor([0, 1])}, {"group": ["A", "B"]})
+    b = ImageSet(torch.ones(1, 3, 4, 4), ["z"], {"group": torch.tensor([0])}, {"group": ["B"]})
+    with pytest.raises(ValueError, match="align_labels them first"):
+        ImageSet.concat(a, b)
+    both = ImageSet.concat(a, align_labels(b, a.label_names))
+    assert both.captions == ["x", "y", "z"] and both.labels["group"].tolist() == [0, 1, 1]
+    assert torch.equal(both.images[2], b.images[0]) and len(both) == 3
+
+
 def test_no_objects_is_a_clear_error():
     shapes = ImageSet(torch.ones(2, 3, 8, 8), ["red circle", "blue square"])
     with pytest.raises(ValueError, match="no colour × object prompts"):
@@ -130,17 +139,15 @@ def test_report_gives_held_out_and_recoloured_objects_apart(data, prompts):
 def test_gallery_of_every_style_the_model_draws(data, prompts):
     """A model that draws each object exactly as Twemoji does is judged against a Noto-only gallery as
     drawing the wrong object most of the time; with Twemoji's images in the gallery, as right."""
-    parts = [align_labels(load_image_set("emoji:twemoji", split, 64, ["group"]), data.label_names)
-             for split in ("train", "test")]
-    tw = ImageSet(torch.cat([x.images for x in parts]), parts[0].captions + parts[1].captions,
-                  {"group": torch.cat([x.labels["group"] for x in parts])}, data.label_names)
-    both = ImageSet(torch.cat([data.images, tw.images]), data.captions + tw.captions,
-                    {"group": torch.cat([data.labels["group"], tw.labels["group"]])}, data.label_names)
+    names = {"group": data.label_names["group"]}
+    tw = ImageSet.concat(*(align_labels(load_image_set("emoji:twemoji", split, 64, ["group"]), names)
+                           for split in ("train", "test")))
+    noto = ImageSet(data.images, data.captions, {"group": data.labels["group"]}, names)
     index = {c: i for i, c in enumerate(tw.captions)}
     sample = [p for p in prompts if p["object"] in index][:40]
     twemoji = ImagePipe(lambda p, s: tw.images[index[p.split(" ", 1)[-1]]])
-    noto_only = EE.composition_report(twemoji, data, sample, progress=False, validate=False)
-    with_style = EE.composition_report(twemoji, data, sample, progress=False, validate=False, gallery_data=both)
+    noto_only = EE.composition_report(twemoji, noto, sample, progress=False, validate=False)
+    with_style = EE.composition_report(twemoji, ImageSet.concat(noto, tw), sample, progress=False, validate=False)
     assert noto_only["object"] < 0.5 and noto_only["plain_object"]["object"] < 0.5
     assert with_style["object"] > 0.9 and with_style["plain_object"]["object"] > 0.9
 
@@ -158,4 +165,7 @@ def test_eval_cli_composition_gallery(tmp_path, tiny_pipeline_dir):
     assert eval_cli.main(base + ["--composition-gallery", "emoji:twemoji"]) == 0
     r = json.loads(out.read_text())["composition"]
     assert r["gallery"] == "emoji:twemoji" and r["n"] == 2 and r["judge_validation"]["n"] > 100
+    train, test = (load_image_set("emoji:twemoji", split, 64, ["group"]) for split in ("train", "test"))
+    twemoji = ImageSet.concat(train, align_labels(test, train.label_names))
+    assert r["judge_validation"]["accuracy"] == EE.validate_object_judge(twemoji, EE.object_gallery(twemoji))["accuracy"]
     assert "object judge (gallery: emoji:twemoji)" in "\n".join(EE.composition_markdown(r))
