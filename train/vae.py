@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from latentdiff.config import load_config
+from latentdiff.evaluation import vae_roundtrip
 from latentdiff.images import make_grid, save_png_atomic
 from latentdiff.models import ModelConfig
 
@@ -174,12 +175,9 @@ def measure_scaling_factor(vae, images_u8: torch.Tensor, batch_size: int, device
 
 @torch.no_grad()
 def reconstruct(vae, images_u8: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Deterministic reconstructions D(μ(x)) in [0, 1], (N, 3, R, R)."""
-    out = []
-    for i in range(0, len(images_u8), batch_size):
-        x = to_pixels(images_u8[i:i + batch_size].to(device))
-        out.append((vae.decode(vae.encode(x).latent_dist.mean).sample.float() / 2 + 0.5).clamp(0, 1))
-    return torch.cat(out)
+    """Deterministic reconstructions D(μ(x)) in [0, 1], (N, 3, R, R), on ``device``
+    (:func:`latentdiff.evaluation.vae_roundtrip` of the uint8 images)."""
+    return vae_roundtrip(vae, images_u8.float() / 255.0, batch_size).to(device)
 
 
 def heldout_psnr(vae, images_u8: torch.Tensor, batch_size: int, device) -> float:
