@@ -386,13 +386,21 @@ __all__ = [
 # --------------------------------------------------------------------------- colour and skin-tone reports
 
 
-def colour_report(pipe, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 32, reference: ImageSet | None = None,
-                  progress: bool = True, **gen) -> dict:
-    """Generate each colour prompt once and check its dominant colour; with ``reference``, also run
-    the check on the real images captioned "<colour> <noun>" for a noun of :data:`COLOUR_NOUNS`
-    (flat coloured shapes: validates the checker)."""
-    images, _ = generate(pipe, prompts, seed=seed, batch_size=batch_size, progress=progress, desc="colour", **gen)
-    out = colour_check(images, prompts)
+def colour_report(pipe, prompts: Sequence[str], *, seed: int = 0, seeds: int = 1, batch_size: int = 32,
+                  reference: ImageSet | None = None, progress: bool = True, **gen) -> dict:
+    """Generate each colour prompt ``seeds`` times (pass k as ``generate`` at ``seed + k``, i.e. what
+    ``--seed seed+k`` alone gives) and check its dominant colour over all of them; ``per_seed`` holds
+    each pass's rate, since one pass of 36 prompts moves by several points from seed to seed. With
+    ``reference``, also run the check on the real images captioned "<colour> <noun>" for a noun of
+    :data:`COLOUR_NOUNS` (flat coloured shapes: validates the checker)."""
+    if seeds < 1:
+        raise ValueError(f"colour seeds must be at least 1, got {seeds}")
+    passes = [generate(pipe, prompts, seed=seed + k, batch_size=batch_size, progress=progress,
+                       desc=f"colour (seed {seed + k})" if seeds > 1 else "colour", **gen)[0] for k in range(seeds)]
+    images = torch.cat(passes)
+    out = colour_check(images, list(prompts) * seeds)
+    out["seeds"] = seeds
+    out["per_seed"] = [colour_check(ims, prompts)["rate"] for ims in passes]
     out["images"] = images
     if reference is not None:
         wanted = set(default_colour_prompts())

@@ -653,6 +653,8 @@ def test_eval_checks_the_model_before_training_its_evaluator(tmp_path, capsys, m
     assert rc == 2 and "device 'gpu' is not a device name" in one_error_line(err)
     rc, _, err = run(capsys, "eval", "--out", tmp_path)
     assert rc == 2 and "is a folder; pass a file path" in one_error_line(err)
+    rc, _, err = run(capsys, "eval", "--sections", "colour", "--colour-seeds", "0")
+    assert rc == 2 and "--colour-seeds 0: give at least 1" in one_error_line(err)
 
 
 # ---------------------------------------------------------------------------------------------- more of our own
