@@ -161,5 +161,6 @@ def test_unet_trains_on_buckets_and_resumes_bit_exactly_after_sigkill(shapes_fol
     assert any(not torch.equal(a[k], b[k]) for k in a if "safetensors:" in k)  # training moved the weights
 
 
+@pytest.mark.slow  # ~35 s; the default suite keeps test_train's and the streamed cache's two-process runs
 def test_two_process_run_matches_one_process_with_buckets(shapes_folder, tmp_path):
     two_process_matches_one(tmp_path, {**BUCKETS, "data.source": str(shapes_folder)})
