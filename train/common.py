@@ -34,7 +34,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -45,7 +45,7 @@ import yaml
 from latentdiff.config import ConfigError, load_config, save_config
 from latentdiff.fs import atomic_write_text
 from latentdiff.progress import disable_progress_bars
-from latentdiff.data.datasets import EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
+from latentdiff.data.datasets import EMOJI_PARQUET, EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
 
 logger = logging.getLogger("latentdiff.train")
 
@@ -77,6 +77,7 @@ class DataConfig:
     style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
     recolour: int = 0                 # emoji sources: this many recoloured copies of each one-word object, captioned "blue apple" (latentdiff.emoji_recolour)
     recolour_real_repeats: int = 0    # with recolour: the real "<colour> <object>" rows ("green apple") this many extra times
+    style_repeats: dict[str, int] = field(default_factory=dict)  # emoji sources: {twemoji: 1}: that style's real training rows (plain and suffixed) this many extra times
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
     # streaming (U-Net trainer; train/data.py): the training split is encoded shard by shard into a
@@ -107,6 +108,12 @@ class DataConfig:
         if self.recolour and (self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets):
             raise ValueError(f"data.recolour works on the in-memory embedded emoji sources {EMBEDDED_DATASETS} "
                              f"(not {self.source!r}, streaming or aspect buckets): set data.recolour: 0")
+        if self.style_repeats:
+            bad = {k: v for k, v in self.style_repeats.items() if k not in EMOJI_PARQUET or v < 0}
+            if bad or self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets:
+                raise ValueError(f"data.style_repeats must map emoji styles ({', '.join(EMOJI_PARQUET)}) to counts "
+                                 f">= 0 on an in-memory embedded emoji source (got {dict(self.style_repeats)} "
+                                 f"with data.source {self.source!r}): fix it or set data.style_repeats: {{}}")
         if self.shard_size < 1 or self.num_workers < 0 or self.bucket_reso_steps < 1:
             raise ValueError("data.shard_size and data.bucket_reso_steps must be >= 1, data.num_workers >= 0")
         if self.min_bucket_reso < 0 or self.max_bucket_reso < 0 or (
@@ -397,10 +404,10 @@ def _decode_rgb(png: bytes, resolution: int, center_crop: bool):
     return np.asarray(im, dtype=np.uint8)
 
 
-def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str]]:
-    """The embedded emoji parquet's ``split``, undecoded: (PNG bytes, captions), read with pyarrow
-    directly (no ``datasets`` needed). ``emoji:all`` with ``style_captions``: each image a second time
-    with its style named ("red apple, twemoji style")."""
+def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str], list[str]]:
+    """The embedded emoji parquet's ``split``, undecoded: (PNG bytes, captions, styles), read with
+    pyarrow directly (no ``datasets`` needed). ``emoji:all`` with ``style_captions``: each image a
+    second time with its style named ("red apple, twemoji style")."""
     style = _EMBEDDED_STYLES[d.source]
     try:
         table = read_emoji_table("all", style, columns=["image", d.caption_column, "split"])
@@ -412,21 +419,23 @@ def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str]]:
     rows = [i for i, s in enumerate(splits) if s == split]
     images_col = table.column("image").to_pylist()
     captions_col = table.column(d.caption_column).to_pylist()
+    styles_col = table.column("style").to_pylist()
     pngs, captions = [images_col[i]["bytes"] for i in rows], [captions_col[i] or "" for i in rows]
+    styles = [styles_col[i] for i in rows]
     if style == "all" and d.style_captions:
-        styles = table.column("style").to_pylist()
-        pngs = pngs + pngs
-        captions = captions + [style_caption(c, styles[i]) for c, i in zip(captions, rows)]
-    return pngs, captions
+        pngs, styles = pngs + pngs, styles + styles
+        captions = captions + [style_caption(c, s) for c, s in zip(captions, styles)]
+    return pngs, captions, styles
 
 
 def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
     ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
     if d.source in EMBEDDED_DATASETS:
-        pngs, captions = embedded_split(d, split)
+        pngs, captions, styles = embedded_split(d, split)
         arrays = [_decode_rgb(png, resolution, d.center_crop) for png in pngs]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        real_images, real_captions = images, captions
         if d.recolour and split == d.split:  # training rows only; held-out data stays real
             from latentdiff.emoji_recolour import recolour_rows
 
@@ -441,6 +450,12 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
                 extra = torch.cat([extra, images[torch.tensor(keep, dtype=torch.long)]])
                 extra_captions = extra_captions + [captions[i] for i in keep]
             images, captions = torch.cat([images, extra]), captions + extra_captions
+        if d.style_repeats and split == d.split:  # real rows of the named styles (both captions), again
+            keep = [i for i, s in enumerate(styles) for _ in range(d.style_repeats.get(s, 0))]
+            logger.info("data %s (%s): %d rows of styles %s repeated (%d rows added)", d.source, split,
+                        sum(1 for s in styles if d.style_repeats.get(s, 0)), dict(d.style_repeats), len(keep))
+            images = torch.cat([images, real_images[torch.tensor(keep, dtype=torch.long)]])
+            captions = captions + [real_captions[i] for i in keep]
     else:
         try:
             from latentdiff.data import build_dataset

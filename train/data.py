@@ -137,7 +137,7 @@ class StreamedImages(torch.utils.data.Dataset):
         elif d.source in EMBEDDED_DATASETS:
             from .common import embedded_parquet, embedded_split
 
-            self._png, all_captions = embedded_split(d, split)               # compressed PNGs (a few MB)
+            self._png, all_captions, _ = embedded_split(d, split)            # compressed PNGs (a few MB)
             path = embedded_parquet(d.source)
             self._identity = hashlib.sha256(path.read_bytes()).hexdigest() + f":{split}"
         else:
