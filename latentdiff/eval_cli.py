@@ -88,12 +88,13 @@ def markdown_report(results: dict) -> str:
                     f"{g['fd_generated_real'] / g['fd_reference']:.2f}" if g.get("fd_reference") else "", ""]
     if "colour" in results:
         c = results["colour"]
-        ref = c.get("reference")
+        ref, seeds = c.get("reference"), c.get("seeds", 1)
+        prompts, rate = f"{c['n']}", _pct(c["rate"])
+        if seeds > 1:  # pooled over several seed passes: say how many, and how far the passes spread
+            prompts += f" ({c['n'] // seeds} × {seeds} seeds)"
+            rate += f" (per seed {_pct(min(c['per_seed']))}–{_pct(max(c['per_seed']))})"
         out += ["### Colour words (dominant colour of the non-background pixels)", "",
-                "| images | prompts | obeyed |", "|---|---|---|",
-                f"| generated | {c['n']}" + (f" ({c['n'] // c['seeds']} × {c['seeds']} seeds)" if c.get("seeds", 1) > 1 else "")
-                + f" | {_pct(c['rate'])}" + (f" (per seed {_pct(min(c['per_seed']))}–{_pct(max(c['per_seed']))})"
-                                             if c.get("seeds", 1) > 1 else "") + " |"]
+                "| images | prompts | obeyed |", "|---|---|---|", f"| generated | {prompts} | {rate} |"]
         if ref:
             out.append(f"| real images with a colour-word caption (checker sanity) | {ref['n']} | {_pct(ref['rate'])} |")
         out += ["", "per colour (generated): " + ", ".join(f"{k} {_pct(v)}" for k, v in c["per_colour"].items()), ""]

@@ -27,3 +27,14 @@ def test_colour_seeds_pool_every_pass_and_each_pass_is_its_own_seed():
     assert colour_report(pipe, prompts, progress=False)["per_seed"] == [0.5]
     with pytest.raises(ValueError, match="at least 1"):
         colour_report(pipe, prompts, seeds=0, progress=False)
+
+
+def test_markdown_says_the_seeds_and_their_spread_only_when_pooled():
+    from latentdiff.eval_cli import markdown_report
+
+    pipe, prompts = ImagePipe(draws_its_colour_only_at_seed_0), ["red heart", "blue heart"]
+    for seeds, row in [(3, "| generated | 6 (2 × 3 seeds) | 16.7% (per seed 0.0%–50.0%) |"),
+                       (1, "| generated | 2 | 50.0% |")]:
+        r = colour_report(pipe, prompts, seeds=seeds, progress=False)
+        r.pop("images")
+        assert row in markdown_report({"colour": r}).splitlines()
