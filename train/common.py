@@ -105,12 +105,13 @@ class DataConfig:
         if self.recolour_real_repeats < 0 or (self.recolour_real_repeats and not self.recolour):
             raise ValueError(f"data.recolour_real_repeats must be >= 0 and needs data.recolour > 0, got "
                              f"{self.recolour_real_repeats} with data.recolour {self.recolour}")
-        if self.recolour and (self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets):
+        in_memory_emoji = self.source in EMBEDDED_DATASETS and not self.streaming and not self.aspect_buckets
+        if self.recolour and not in_memory_emoji:
             raise ValueError(f"data.recolour works on the in-memory embedded emoji sources {EMBEDDED_DATASETS} "
                              f"(not {self.source!r}, streaming or aspect buckets): set data.recolour: 0")
         if self.style_repeats:
             bad = {k: v for k, v in self.style_repeats.items() if k not in EMOJI_PARQUET or v < 0}
-            if bad or self.source not in EMBEDDED_DATASETS or self.streaming or self.aspect_buckets:
+            if bad or not in_memory_emoji:
                 raise ValueError(f"data.style_repeats must map emoji styles ({', '.join(EMOJI_PARQUET)}) to counts "
                                  f">= 0 on an in-memory embedded emoji source (got {dict(self.style_repeats)} "
                                  f"with data.source {self.source!r}): fix it or set data.style_repeats: {{}}")
@@ -428,6 +429,12 @@ def embedded_split(d: DataConfig, split: str) -> tuple[list[bytes], list[str], l
     return pngs, captions, styles
 
 
+def _append_rows(images: torch.Tensor, captions: list[str], from_images: torch.Tensor, from_captions: list[str],
+                 rows: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """``images``/``captions`` with rows ``rows`` of ``from_images``/``from_captions`` (repeats allowed) after them."""
+    return torch.cat([images, from_images[torch.tensor(rows, dtype=torch.long)]]), captions + [from_captions[i] for i in rows]
+
+
 def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
     """Decode a split into memory. The embedded emoji parquet is read with pyarrow directly (no
     ``datasets`` needed); every other source goes through :func:`latentdiff.data.build_dataset`."""
@@ -447,15 +454,13 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
                 keep = real_colour_object_rows(captions) * d.recolour_real_repeats
                 logger.info("data %s (%s): %d real colour-word rows repeated %d more times",
                             d.source, split, len(keep) // d.recolour_real_repeats, d.recolour_real_repeats)
-                extra = torch.cat([extra, images[torch.tensor(keep, dtype=torch.long)]])
-                extra_captions = extra_captions + [captions[i] for i in keep]
+                extra, extra_captions = _append_rows(extra, extra_captions, images, captions, keep)
             images, captions = torch.cat([images, extra]), captions + extra_captions
         if d.style_repeats and split == d.split:  # real rows of the named styles (both captions), again
             keep = [i for i, s in enumerate(styles) for _ in range(d.style_repeats.get(s, 0))]
             logger.info("data %s (%s): %d rows of styles %s repeated (%d rows added)", d.source, split,
                         sum(1 for s in styles if d.style_repeats.get(s, 0)), dict(d.style_repeats), len(keep))
-            images = torch.cat([images, real_images[torch.tensor(keep, dtype=torch.long)]])
-            captions = captions + [real_captions[i] for i in keep]
+            images, captions = _append_rows(images, captions, real_images, real_captions, keep)
     else:
         try:
             from latentdiff.data import build_dataset
