@@ -319,19 +319,33 @@ def style_prompt(caption: str, style: str) -> str:
     return f"{caption}, {style} style"
 
 
+STYLE_NEGATIVES = ("none", "plain")
+
+
 def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, seed: int = 0, batch_size: int = 32,
-                 progress: bool = True, **gen) -> dict:
+                 progress: bool = True, negative: str = "none", groups: torch.Tensor | None = None, **gen) -> dict:
     """``net`` has a ``style`` head (names in ``real_test.label_names["style"]``). Returns the head's
     accuracy per style on ``real_test``; for each style, the share of "<caption>, <style> style"
     generations judged as that style; and the style distribution of plain-caption generations.
-    Caption i uses seed + i in every variant (the same noise, only the suffix differs)."""
+    Caption i uses seed + i in every variant (the same noise, only the suffix differs).
+
+    ``negative="plain"`` gives every suffixed generation its plain caption as the negative prompt, so
+    classifier-free guidance pushes along what the suffix adds ("red apple, twemoji style" against
+    "red apple") instead of along the whole prompt. With ``groups`` (the captions' group ids) and a
+    ``group`` head on ``net``, the share of each variant's images judged in the caption's group too:
+    what a style trick costs the content."""
+    if negative not in STYLE_NEGATIVES:
+        raise ValueError(f"unknown style negative {negative!r}; choose from {', '.join(STYLE_NEGATIVES)}")
     names = real_test.label_names["style"]
     pred, _ = evaluator_outputs(net, real_test.images)
     truth = real_test.labels["style"]
     real = {s: float((pred["style"][truth == k] == k).float().mean())
             for k, s in enumerate(names) if (truth == k).any()}
-    out = {"styles": names, "n": len(captions), "real_accuracy": real,
+    out = {"styles": names, "n": len(captions), "negative": negative, "real_accuracy": real,
            "real_accuracy_mean": float(np.mean(list(real.values())))}
+    judge_group = groups is not None and "group" in net.heads
+    if judge_group and "group" in real_test.labels:
+        out["real_group_accuracy"] = float((pred["group"] == real_test.labels["group"]).float().mean())
     # the same real images through the model's VAE: the ceiling for anything its decoder draws
     rec = evaluator_outputs(net, vae_roundtrip(pipe.vae, real_test.images))[0]["style"]
     out["vae_accuracy"] = {s: float((rec[truth == k] == k).float().mean())
@@ -339,32 +353,44 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
     out["vae_accuracy_mean"] = float(np.mean(list(out["vae_accuracy"].values())))
     images, _ = generate(pipe, list(captions), seed=seed, batch_size=batch_size, progress=progress,
                          desc="style: plain", **gen)
-    p = evaluator_outputs(net, images)[0]["style"]
-    out["plain_distribution"] = {s: float((p == k).float().mean()) for k, s in enumerate(names)}
+    p = evaluator_outputs(net, images)[0]
+    out["plain_distribution"] = {s: float((p["style"] == k).float().mean()) for k, s in enumerate(names)}
+    if judge_group:
+        out["plain_group_accuracy"] = float((p["group"] == groups).float().mean())
     out["suffixed"] = {}
     for k, s in enumerate(names):
         images, _ = generate(pipe, [style_prompt(c, s) for c in captions], seed=seed, batch_size=batch_size,
-                             progress=progress, desc=f"style: {s}", **gen)
-        p = evaluator_outputs(net, images)[0]["style"]
-        out["suffixed"][s] = {"judged_as_asked": float((p == k).float().mean()),
-                              "distribution": {t: float((p == j).float().mean()) for j, t in enumerate(names)}}
+                             progress=progress, desc=f"style: {s}",
+                             negative_prompts=list(captions) if negative == "plain" else None, **gen)
+        p = evaluator_outputs(net, images)[0]
+        out["suffixed"][s] = {"judged_as_asked": float((p["style"] == k).float().mean()),
+                              "distribution": {t: float((p["style"] == j).float().mean()) for j, t in enumerate(names)}}
+        if judge_group:
+            out["suffixed"][s]["group_accuracy"] = float((p["group"] == groups).float().mean())
     out["suffixed_mean"] = float(np.mean([v["judged_as_asked"] for v in out["suffixed"].values()]))
+    if judge_group:
+        out["suffixed_group_accuracy_mean"] = float(np.mean([v["group_accuracy"] for v in out["suffixed"].values()]))
     return out
 
 
 def style_markdown(s: dict) -> list[str]:
     names = s["styles"]
-    out = [f"### Styles ({s['n']} test captions per variant; style classifier trained on real images)", "",
-           "| images | " + " | ".join(f"judged {n}" for n in names) + " |", "|---|" + "---|" * len(names)]
-    out.append("| real test (accuracy per style) | "
-               + " | ".join(_pct(s["real_accuracy"].get(n)) for n in names) + " |")
+    group = "plain_group_accuracy" in s  # the judge has a group head too
+    neg = " (negative prompt: the plain caption)" if s.get("negative") == "plain" else ""
+    out = [f"### Styles ({s['n']} test captions per variant; style classifier trained on real images){neg}", "",
+           "| images | " + " | ".join(f"judged {n}" for n in names) + (" | group right |" if group else " |"),
+           "|---|" + "---|" * (len(names) + group)]
+    out.append("| real test (accuracy per style) | " + " | ".join(_pct(s["real_accuracy"].get(n)) for n in names)
+               + (f" | {_pct(s.get('real_group_accuracy'))} |" if group else " |"))
     if "vae_accuracy" in s:
         out.append("| real test through the model's VAE (the ceiling) | "
-                   + " | ".join(_pct(s["vae_accuracy"].get(n)) for n in names) + " |")
-    out.append("| plain caption | " + " | ".join(_pct(s["plain_distribution"][n]) for n in names) + " |")
+                   + " | ".join(_pct(s["vae_accuracy"].get(n)) for n in names) + (" | |" if group else " |"))
+    out.append("| plain caption | " + " | ".join(_pct(s["plain_distribution"][n]) for n in names)
+               + (f" | {_pct(s['plain_group_accuracy'])} |" if group else " |"))
     for n in names:
-        d = s["suffixed"][n]["distribution"]
-        out.append(f"| \"…, {n} style\" | " + " | ".join(_pct(d[t]) for t in names) + " |")
+        v = s["suffixed"][n]
+        out.append(f"| \"…, {n} style\" | " + " | ".join(_pct(v["distribution"][t]) for t in names)
+                   + (f" | {_pct(v['group_accuracy'])} |" if group else " |"))
     out += ["", f"suffixed generations judged as the asked style: **{_pct(s['suffixed_mean'])}** "
             "(mean over styles)", ""]
     return out
@@ -379,7 +405,7 @@ __all__ = [
     "hue_rotate", "object_rows", "colour_shares", "composition_prompts", "silhouette", "soft_iou", "object_gallery",
     "object_judge",
     "validate_object_judge", "composition_report", "composition_markdown", "load_style_set", "style_prompt",
-    "style_report", "style_markdown",
+    "STYLE_NEGATIVES", "style_report", "style_markdown",
 ]
 
 

@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emoji styles the style classifier tells apart (default: noto,symbola)")
     p.add_argument("--style-dataset", default="emoji", help="the styles are read as STYLE_DATASET:STYLE (default: emoji)")
     p.add_argument("--style-limit", type=int, default=32, help="test captions per style variant (default: 32)")
+    p.add_argument("--style-negative", default="none", choices=emoji_eval.STYLE_NEGATIVES,
+                   help="negative prompt of the style-suffixed generations: none, or plain (the caption without "
+                        "its suffix, so guidance amplifies the style word; default: none)")
     p.add_argument("--style-evaluator-epochs", type=int, default=8,
                    help="epochs of the separate style classifier when the evaluator has no style head (default: 8)")
     p.add_argument("--no-progress", action="store_true")
@@ -410,7 +413,10 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
                                             progress=progress, dataset=f"{base}:{'+'.join(styles)}")
             results["style_evaluator"] = {"folder": str(style_folder),
                                           **{k: v for k, v in meta.items() if k != "label_names"}}
-        results["style"] = emoji_eval.style_report(pipe, style_net, style_test, test_set.captions[:args.style_limit],
+        captions = test_set.captions[:args.style_limit]
+        groups = test_set.labels["group"][:len(captions)] if "group" in test_set.labels else None
+        results["style"] = emoji_eval.style_report(pipe, style_net, style_test, captions, negative=args.style_negative,
+                                                   groups=groups if "group" in style_net.heads else None,
                                                    **common, **gen)
         results["style"]["seconds"] = round(time.perf_counter() - t0, 1)  # includes training the classifier
 

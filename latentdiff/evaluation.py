@@ -275,15 +275,21 @@ def frechet_distance(features1, features2) -> float:
 
 def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
              guidance_scale: float | None = None, timestep_spacing: str | None = None, batch_size: int = 32,
-             progress: bool = True, desc: str = "generate", sigma_schedule: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = True, desc: str = "generate", sigma_schedule: str | None = None,
+             negative_prompts: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, H, W) in [0, 1] on the CPU, final latents (N, C, h, w)). Prompt i always gets
-    seed ``seed + i`` (the same initial noise whatever the batching, sampler or guidance)."""
+    seed ``seed + i`` (the same initial noise whatever the batching, sampler or guidance), and
+    negative prompt ``negative_prompts[i]`` if given (one per prompt)."""
     from tqdm.auto import tqdm
 
+    if negative_prompts is not None and len(negative_prompts) != len(prompts):
+        raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
     images, latents = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
         batch = list(prompts[i:i + batch_size])
-        out = pipe(batch, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+        negative = None if negative_prompts is None else list(negative_prompts[i:i + batch_size])
+        out = pipe(batch, negative_prompt=negative, num_inference_steps=steps, sampler=sampler,
+                   guidance_scale=guidance_scale,
                    timestep_spacing=timestep_spacing, seed=[seed + i + k for k in range(len(batch))],
                    output_type="latent", sigma_schedule=sigma_schedule)
         latents.append(out.latents.float().cpu())

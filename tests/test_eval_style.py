@@ -5,6 +5,7 @@ model that draws the asked style, and ``latentdiff eval --sections diversity,sty
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -123,3 +124,48 @@ def test_eval_cli_diversity_and_style(tmp_path, tiny_pipeline_dir):
     assert (tmp_path / "ev-style-noto+symbola" / E.EVALUATOR_META).is_file()
     with pytest.raises(ValueError, match="no colour × object prompts"):
         eval_cli.main(base + ["--sections", "composition"])
+
+
+class _NegativePipe(ImagePipe):
+    """An ImagePipe whose ``draw(prompt, negative, seed)`` also sees the negative prompt."""
+
+    def __call__(self, prompts, *, seed, output_type, negative_prompt=None, **_):
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
+        return SimpleNamespace(latents=torch.stack([self.draw(p, n, s) for p, n, s in zip(prompts, negatives, seed)]))
+
+
+def test_style_negative_plain_and_group_judge(style_net, sets):
+    """negative="plain": each suffixed generation gets its own plain caption as the negative prompt
+    (this stand-in draws Symbola only then); with ``groups`` and a group head, each variant's group
+    accuracy is the head's agreement with ``groups`` on exactly that variant's images."""
+    import copy
+
+    _, test = sets
+    noto = [i for i in range(len(test)) if test.labels["style"][i] == 0]
+    symbola = [i for i in range(len(test)) if test.labels["style"][i] == 1]
+    captions = test.captions[:10]
+
+    def draw(prompt, negative, seed):
+        asked = prompt.endswith(", symbola style") and negative == prompt.removesuffix(", symbola style")
+        rows = symbola if asked else noto
+        return test.images[rows[seed % len(rows)]]
+
+    none = EE.style_report(_NegativePipe(draw), style_net, test, captions, progress=False)
+    assert none["negative"] == "none" and none["suffixed"]["symbola"]["judged_as_asked"] < 0.1
+    assert "group_accuracy" not in none["suffixed"]["noto"]  # no groups given: no group column
+
+    net = copy.deepcopy(style_net)
+    torch.manual_seed(0)
+    net.heads["group"] = torch.nn.Linear(net.feature_dim, 3)
+    groups = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    r = EE.style_report(_NegativePipe(draw), net, test, captions, negative="plain", groups=groups, progress=False)
+    assert r["suffixed"]["symbola"]["judged_as_asked"] > 0.9 and r["suffixed"]["noto"]["judged_as_asked"] > 0.9
+    for variant, rows in (("noto", noto), ("symbola", symbola)):
+        drawn = torch.stack([test.images[rows[s % len(rows)]] for s in range(len(captions))])
+        want = float((E.evaluator_outputs(net, drawn)[0]["group"] == groups).float().mean())
+        assert r["suffixed"][variant]["group_accuracy"] == pytest.approx(want)
+    assert r["plain_group_accuracy"] == pytest.approx(r["suffixed"]["noto"]["group_accuracy"])  # same images
+    text = "\n".join(EE.style_markdown(r))
+    assert "negative prompt: the plain caption" in text and "group right" in text
+    with pytest.raises(ValueError, match="unknown style negative 'other'"):
+        EE.style_report(_NegativePipe(draw), style_net, test, captions, negative="other", progress=False)
