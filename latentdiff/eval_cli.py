@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the evaluator's input size (default: 32; 64 measured no better)")
     p.add_argument("--evaluator-width", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="use the first N test captions/images (default: all)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="use every Nth test row (before --limit): a sample spread over the split, e.g. over "
+                        "every style of emoji:all, whose rows are sorted by style (default: 1, every row)")
     p.add_argument("--colour-limit", type=int, default=None, help="use the first N colour prompts")
     p.add_argument("--colour-seeds", type=int, default=1,
                    help="generate each colour prompt with N seeds (--seed .. --seed+N-1) and pool the check "
@@ -257,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def select_test_rows(total: int, stride: int = 1, limit: int | None = None) -> range:
+    """The test rows the sections use: every ``stride``-th of ``total`` (a sample spread over the
+    split), then the first ``limit`` of those."""
+    rows = range(0, total, stride)
+    return rows[:limit or len(rows)]
+
+
 def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
     """Every input that a later stage would trip over, checked before the minutes of loading data and
     training the evaluator: the device, the model folder, the samplers, the output paths."""
@@ -280,6 +290,8 @@ def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
             _classify_source(args.composition_gallery)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"--composition-gallery {args.composition_gallery}: {e}") from None
+    if args.stride < 1:
+        raise ValueError(f"--stride {args.stride}: give 1 or more (1 = every test row, 4 = every fourth)")
     if "colour" in sections and args.colour_seeds < 1:
         raise ValueError(f"--colour-seeds {args.colour_seeds}: give at least 1 seed per colour prompt")
     for flag, value in (("--out", args.out), ("--grid", args.grid)):
@@ -303,7 +315,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     train_set = load_image_set(args.dataset, args.train_split, args.resolution, cols, progress=progress)
     test_full = align_labels(load_image_set(args.dataset, args.test_split, args.resolution, cols, progress=progress),
                              train_set.label_names)
-    test_set = test_full.subset(range(min(len(test_full), args.limit or len(test_full))))
+    test_set = test_full.subset(select_test_rows(len(test_full), args.stride, args.limit))
+    results["test_rows"] = {"n": len(test_set), "stride": args.stride}
 
     needs_net = bool({"real", "generated", "samplers", "guidance", "diversity"} & set(sections)
                      or ("style" in sections and "style" in cols)) and cols
@@ -440,4 +453,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_SECTIONS", "EXTRA_SECTIONS", "build_parser", "evaluate", "markdown_report", "main"]
+__all__ = ["DEFAULT_SECTIONS", "EXTRA_SECTIONS", "build_parser", "evaluate", "markdown_report", "main", "select_test_rows"]

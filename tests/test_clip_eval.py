@@ -307,3 +307,16 @@ def test_eval_end_to_end_on_tiny_pipeline(tmp_path, tiny_pipeline_dir):
     assert eval_cli.main(base + ["--sections", "real", "--out", str(out)]) == 0
     assert meta.stat().st_mtime_ns == stamp
     assert set(json.loads(out.read_text())) >= {"real", "evaluator"}
+
+
+def test_eval_test_rows_stride_and_limit():
+    """--stride N takes every Nth test row (emoji:all's rows are sorted by style, so --limit alone would
+    keep one style), then --limit the first of those; a stride below 1 is a one-line error."""
+    from latentdiff.eval_cli import build_parser, check_eval_inputs, select_test_rows
+
+    assert list(select_test_rows(10)) == list(range(10))
+    assert list(select_test_rows(10, 4)) == [0, 4, 8]
+    assert list(select_test_rows(10, 3, 2)) == [0, 3] and list(select_test_rows(10, 1, 4)) == [0, 1, 2, 3]
+    args = build_parser().parse_args(["--stride", "0", "--sections", "real"])
+    with pytest.raises(ValueError, match="--stride 0: give 1 or more"):
+        check_eval_inputs(args, ["real"])
