@@ -5,6 +5,7 @@ Every denoiser is a callable ``d(x_t, t, **cond) -> eps`` carrying ``d.alphas_cu
 
     UNetDenoiser(unet, alphas_cumprod, "epsilon")            # x_t, t, encoder_hidden_states -> eps
       └ ClassifierFreeGuidance(inner, cond, uncond, scale)   # binds text; one batched forward
+        (or ComposableGuidance(inner, WeightedConds, uncond, scale): "a AND b :w", one forward too)
           └ ClassifierGuidance(inner, log_prob, scale)       # adds -s √(1-ᾱ_t) ∇ log p(y|x_t)
 
 The wrappers compose in any order and accept any inner denoiser.
@@ -152,6 +153,42 @@ class ClassifierFreeGuidance:
             rescaled = eps * (std_cond / std_cfg)
             eps = self.guidance_rescale * rescaled + (1 - self.guidance_rescale) * eps
         return eps
+
+
+class WeightedConds:
+    """The conditionings of composable prompts ("a AND b :0.5"): ``conds`` K conditionings (tensors
+    or :class:`ScheduledConditioning`) of one shape (B, L, D), part k of every prompt; ``weights``
+    (B, K), 0 where a prompt has fewer than K parts (its slot holds a copy of its first part)."""
+
+    def __init__(self, conds: list, weights: torch.Tensor):
+        if not conds or weights.ndim != 2 or weights.shape[1] != len(conds):
+            raise ValueError(f"weights {tuple(weights.shape)} do not match {len(conds)} conditionings")
+        self.conds, self.weights = list(conds), weights
+
+    @property
+    def shape(self):
+        return self.conds[0].shape
+
+
+class ComposableGuidance:
+    """Composable diffusion (Liu et al. 2022, eq. 10; A1111's ``AND``): the text parts c_1..c_K of a
+    prompt, weights w_k, guide together: ε̂ = ε(x, ∅) + s Σ_k w_k (ε(x, c_k) − ε(x, ∅)). All K+1
+    conditionings run in one batched forward. One part of weight 1 is classifier-free guidance."""
+
+    def __init__(self, inner, conds: WeightedConds, uncond, scale: float):
+        if tuple(conds.shape) != tuple(uncond.shape):
+            raise ValueError(f"cond {tuple(conds.shape)} and uncond {tuple(uncond.shape)} embeddings differ in shape")
+        self.inner, self.conds, self.uncond, self.scale = inner, conds, uncond, float(scale)
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        k = len(self.conds.conds)
+        tk = t.repeat(k + 1) if torch.is_tensor(t) and t.ndim else t
+        cond = torch.cat([cond_at(self.uncond, t)] + [cond_at(c, t) for c in self.conds.conds])
+        eps = self.inner(x.repeat(k + 1, *([1] * (x.ndim - 1))), tk, cond=cond, **kw).chunk(k + 1)
+        w = self.conds.weights.to(x.device, x.dtype)
+        guided = sum(w[:, i].view(-1, *([1] * (x.ndim - 1))) * (eps[i + 1] - eps[0]) for i in range(k))
+        return eps[0] + self.scale * guided
 
 
 class ClassifierGuidance:

@@ -1,7 +1,12 @@
 """Prompt text -> conditioning, as A1111/Forge and ComfyUI users write it.
 
-Three layers, each a plain function:
+Three layers, each a plain function, after one split:
 
+0. **Composable prompts** (:func:`split_and`): ``a AND b :0.5`` is two prompts, each with a weight
+   (A1111's composable diffusion, Liu et al. 2022); the pipeline guides with
+   ε_∅ + s·Σ w_i (ε_i − ε_∅) (:class:`latentdiff.denoisers.ComposableGuidance`). A weight may be
+   negative: ``"red apple, twemoji style :2 AND red apple :-1"`` is ordinary guidance plus guidance
+   along what ", twemoji style" adds.
 1. **Schedules** (:func:`prompt_schedule`): ``[from:to:when]`` switches text at a step (an integer)
    or a fraction of the steps (a number with a ".": ``0.5``), ``[to:when]`` adds and ``[from::when]``
    removes text; ``[a|b|c]`` alternates every step. The result is the plain text of every step,
@@ -150,6 +155,31 @@ def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
         else:
             runs.append((i + 1, t))
     return runs
+
+
+# ------------------------------------------------------------------ 0. composable prompts
+
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """``[(text, weight), ...]``: the prompt split at the word ``AND`` (upper case, a whole word), each
+    part's trailing ``:number`` its weight (default 1), as A1111 reads it. A prompt without ``AND``
+    is one part of weight 1, whatever it ends with: A1111 would read "keycap: 9" (a CLDR name in the
+    emoji data) as "keycap" at weight 9; here that needs an ``AND`` (write "keycap: 9 :1 AND …")."""
+    if not _AND.search(prompt):
+        return [(prompt, 1.0)]
+    out = []
+    for part in _AND.split(prompt):
+        m = _PART_WEIGHT.match(part)
+        out.append((m.group(1), float(m.group(2)) if m.group(2) is not None else 1.0))
+    return out
+
+
+def is_composable(prompt: str) -> bool:
+    """True when the prompt has an ``AND`` (:func:`split_and` gives more than one part)."""
+    return bool(_AND.search(prompt))
 
 
 # ------------------------------------------------------------------ 2. attention

@@ -29,9 +29,11 @@ from latentdiff.config import from_dict
 from latentdiff.denoisers import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
+    ComposableGuidance,
     Conditioned,
     ScheduledConditioning,
     UNetDenoiser,
+    WeightedConds,
 )
 from latentdiff.diffusion import (
     TIMESTEP_SPACINGS,
@@ -364,6 +366,27 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         if torch.is_tensor(levels) and levels.is_floating_point():  # sigmas -> the (fractional) timesteps the
             levels = sigma_to_t(levels[:-1], self.alphas_cumprod)       # denoiser sees
         return ScheduledConditioning(runs, levels)
+
+    def _text_conditions(self, prompts: Sequence[str], negatives: Sequence[str], levels, normalization,
+                         guidance_scale: float):
+        """(cond, uncond) for the prompts and negative prompts over the sampler's ``levels``, padded
+        to one chunk count; uncond is None without guidance. A composable prompt ("a AND b :0.5",
+        :func:`latentdiff.prompts.split_and`) makes cond a :class:`WeightedConds` of its parts (part k of
+        every prompt, padded with a prompt's first part at weight 0), and uncond is always encoded."""
+        from latentdiff.prompts import is_composable, split_and
+
+        if not any(is_composable(p) for p in prompts):
+            guided = guidance_scale != 1.0
+            k = self.chunks_needed(list(prompts) + (list(negatives) if guided else []), levels)
+            return (self._conditioning(prompts, levels, normalization, k),
+                    self._conditioning(negatives, levels, normalization, k) if guided else None)
+        parts = [split_and(p) for p in prompts]
+        n = max(len(q) for q in parts)
+        texts = [[q[i][0] if i < len(q) else q[0][0] for q in parts] for i in range(n)]
+        weights = torch.tensor([[q[i][1] if i < len(q) else 0.0 for i in range(n)] for q in parts])
+        k = self.chunks_needed([t for column in texts for t in column] + list(negatives), levels)
+        return (WeightedConds([self._conditioning(column, levels, normalization, k) for column in texts], weights),
+                self._conditioning(negatives, levels, normalization, k))
 
     def chunks_needed(self, prompts: Sequence[str], levels) -> int:
         from latentdiff.prompts import num_chunks, prompt_schedule
@@ -756,10 +779,8 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                     raise ValueError(f"negative embeddings {tuple(uncond.shape)} do not match prompt_embeds "
                                      f"{tuple(cond.shape)}; pass negative_prompt_embeds of the same shape")
             else:
-                k = self.chunks_needed(prompts + (negatives if guidance_scale != 1.0 else []), timesteps)
-                cond = self._conditioning(prompts, timesteps, prompt_normalization, k)
-                uncond = self._conditioning(negatives, timesteps, prompt_normalization, k) \
-                    if guidance_scale != 1.0 else None
+                cond, uncond = self._text_conditions(prompts, negatives, timesteps, prompt_normalization,
+                                                     guidance_scale)
 
             # 3. generators: one per image when seeded
             seeds = None
@@ -836,11 +857,9 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                 latents = noise_to_level(big, hires_ts[0], noise, self.alphas_cumprod) if num_steps(hires_ts) else big
                 if num_steps(hires_ts):
                     big_shape = (batch, latent_channels, height // f, width // f)
-                    if isinstance(cond, ScheduledConditioning) or isinstance(uncond, ScheduledConditioning):
-                        k = self.chunks_needed(prompts + (negatives if guidance_scale != 1.0 else []), hires_ts)
-                        cond = self._conditioning(prompts, hires_ts, prompt_normalization, k)
-                        uncond = self._conditioning(negatives, hires_ts, prompt_normalization, k) \
-                            if guidance_scale != 1.0 else None
+                    if _scheduled(cond) or _scheduled(uncond):  # the text depends on the step: re-plan it
+                        cond, uncond = self._text_conditions(prompts, negatives, hires_ts, prompt_normalization,
+                                                             guidance_scale)
                     denoiser = self._denoiser(cond, uncond, guidance_scale, guidance_rescale, classifier, class_label,
                                               classifier_scale, batch, big_shape, None, unet_dtype)
                     noise_fn = make_noise_sampler(noise_sampler, latents, hires_ts, self.alphas_cumprod, seeds=seeds,
@@ -943,7 +962,12 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                   batch, shape, concat, unet_dtype=None):
         denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type, concat=concat,
                                 dtype=unet_dtype, cudagraphs=self.compiled == "reduce-overhead")
-        if guidance_scale == 1.0:
+        if isinstance(cond, WeightedConds):  # "a AND b :w": every part guides (at any scale, 1 included)
+            if guidance_rescale > 0:
+                raise ValueError("guidance_rescale is not defined for composable prompts (AND): set it to 0 or "
+                                 "write the prompt without AND")
+            denoiser = ComposableGuidance(denoiser, cond, uncond, guidance_scale)
+        elif guidance_scale == 1.0:
             denoiser = Conditioned(denoiser, cond)
         else:
             denoiser = ClassifierFreeGuidance(denoiser, cond, uncond, guidance_scale, guidance_rescale)
@@ -1136,6 +1160,12 @@ def noise_to_level(z: torch.Tensor, level, noise: torch.Tensor, alphas_cumprod: 
 
 STRENGTH_STEPS = ("diffusers", "exact")
 HIRES_UPSCALERS = ("latent-bilinear", "latent-bicubic", "latent-nearest", "lanczos")
+
+
+def _scheduled(cond) -> bool:
+    """Whether a conditioning (or any part of a :class:`WeightedConds`) changes with the step."""
+    parts = cond.conds if isinstance(cond, WeightedConds) else [cond]
+    return any(isinstance(c, ScheduledConditioning) for c in parts)
 
 
 def _check_hires(scale, strength, upscaler, steps, height, width, factor) -> None:
