@@ -314,16 +314,22 @@ def load_style_set(styles: Sequence[str], split: str, resolution: int, dataset: 
                     {"style": labels}, {"style": names})
 
 
-def style_prompt(caption: str, style: str) -> str:
-    """The style-suffixed caption the models are trained with: "red apple, twemoji style"."""
-    return f"{caption}, {style} style"
+def style_prompt(caption: str, style: str, amplify: float = 0.0) -> str:
+    """The style-suffixed caption the models are trained with: "red apple, twemoji style"; with
+    ``amplify`` a > 0 the composable prompt "red apple, twemoji style :1+a AND red apple :-a", i.e.
+    ordinary guidance plus a·s times the guidance along what the suffix adds
+    (:class:`latentdiff.denoisers.ComposableGuidance`)."""
+    if amplify == 0:
+        return f"{caption}, {style} style"
+    return f"{caption}, {style} style :{1 + amplify:g} AND {caption} :{-amplify:g}"
 
 
 STYLE_NEGATIVES = ("none", "plain")
 
 
 def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, seed: int = 0, batch_size: int = 32,
-                 progress: bool = True, negative: str = "none", groups: torch.Tensor | None = None, **gen) -> dict:
+                 progress: bool = True, negative: str = "none", amplify: float = 0.0,
+                 groups: torch.Tensor | None = None, **gen) -> dict:
     """``net`` has a ``style`` head (names in ``real_test.label_names["style"]``). Returns the head's
     accuracy per style on ``real_test``; for each style, the share of "<caption>, <style> style"
     generations judged as that style; and the style distribution of plain-caption generations.
@@ -331,7 +337,8 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
 
     ``negative="plain"`` gives every suffixed generation its plain caption as the negative prompt, so
     classifier-free guidance pushes along what the suffix adds ("red apple, twemoji style" against
-    "red apple") instead of along the whole prompt. With ``groups`` (the captions' group ids) and a
+    "red apple") instead of along the whole prompt; ``amplify`` a > 0 keeps the ordinary guidance and
+    adds a times the guidance along the suffix (:func:`style_prompt`). With ``groups`` (the captions' group ids) and a
     ``group`` head on ``net``, the share of each variant's images judged in the caption's group too:
     what a style trick costs the content."""
     if negative not in STYLE_NEGATIVES:
@@ -341,7 +348,7 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
     truth = real_test.labels["style"]
     real = {s: float((pred["style"][truth == k] == k).float().mean())
             for k, s in enumerate(names) if (truth == k).any()}
-    out = {"styles": names, "n": len(captions), "negative": negative, "real_accuracy": real,
+    out = {"styles": names, "n": len(captions), "negative": negative, "amplify": amplify, "real_accuracy": real,
            "real_accuracy_mean": float(np.mean(list(real.values())))}
     judge_group = groups is not None and "group" in net.heads
     if judge_group and "group" in real_test.labels:
@@ -359,7 +366,7 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
         out["plain_group_accuracy"] = float((p["group"] == groups).float().mean())
     out["suffixed"] = {}
     for k, s in enumerate(names):
-        images, _ = generate(pipe, [style_prompt(c, s) for c in captions], seed=seed, batch_size=batch_size,
+        images, _ = generate(pipe, [style_prompt(c, s, amplify) for c in captions], seed=seed, batch_size=batch_size,
                              progress=progress, desc=f"style: {s}",
                              negative_prompts=list(captions) if negative == "plain" else None, **gen)
         p = evaluator_outputs(net, images)[0]
@@ -377,6 +384,7 @@ def style_markdown(s: dict) -> list[str]:
     names = s["styles"]
     group = "plain_group_accuracy" in s  # the judge has a group head too
     neg = " (negative prompt: the plain caption)" if s.get("negative") == "plain" else ""
+    neg += f" (the suffix amplified ×{s['amplify']:g}: AND)" if s.get("amplify") else ""
     out = [f"### Styles ({s['n']} test captions per variant; style classifier trained on real images){neg}", "",
            "| images | " + " | ".join(f"judged {n}" for n in names) + (" | group right |" if group else " |"),
            "|---|" + "---|" * (len(names) + group)]

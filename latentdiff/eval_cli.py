@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-negative", default="none", choices=emoji_eval.STYLE_NEGATIVES,
                    help="negative prompt of the style-suffixed generations: none, or plain (the caption without "
                         "its suffix, so guidance amplifies the style word; default: none)")
+    p.add_argument("--style-amplify", type=float, default=0.0,
+                   help="ask for a style with the composable prompt '<caption>, <style> style :1+A AND <caption> :-A' "
+                        "(ordinary guidance plus A times the guidance along the suffix; default: 0, the plain suffix)")
     p.add_argument("--style-evaluator-epochs", type=int, default=8,
                    help="epochs of the separate style classifier when the evaluator has no style head (default: 8)")
     p.add_argument("--no-progress", action="store_true")
@@ -429,6 +432,7 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
         captions = test_set.captions[:args.style_limit]
         groups = test_set.labels["group"][:len(captions)] if "group" in test_set.labels else None
         results["style"] = emoji_eval.style_report(pipe, style_net, style_test, captions, negative=args.style_negative,
+                                                   amplify=args.style_amplify,
                                                    groups=groups if "group" in style_net.heads else None,
                                                    **common, **gen)
         results["style"]["seconds"] = round(time.perf_counter() - t0, 1)  # includes training the classifier

@@ -169,3 +169,14 @@ def test_style_negative_plain_and_group_judge(style_net, sets):
     assert "negative prompt: the plain caption" in text and "group right" in text
     with pytest.raises(ValueError, match="unknown style negative 'other'"):
         EE.style_report(_NegativePipe(draw), style_net, test, captions, negative="other", progress=False)
+
+
+def test_style_prompt_amplify_is_a_composable_prompt():
+    """amplify a: "<caption>, <style> style :1+a AND <caption> :-a", which split_and reads back as the
+    two parts and weights, a CLDR name with a colon ("keycap: 9") included."""
+    from latentdiff.prompts import split_and
+
+    assert EE.style_prompt("red apple", "twemoji") == "red apple, twemoji style"
+    assert EE.style_prompt("red apple", "twemoji", 1.0) == "red apple, twemoji style :2 AND red apple :-1"
+    parts = split_and(EE.style_prompt("keycap: 9", "fluent", 0.5))
+    assert [(t.strip(), w) for t, w in parts] == [("keycap: 9, fluent style", 1.5), ("keycap: 9", -0.5)]
