@@ -520,7 +520,13 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         if guidance_scale == 1.0 and guidance_rescale:
             raise ValueError(f"guidance_rescale={guidance_rescale} has no effect with guidance_scale=1 (no "
                              "classifier-free guidance); drop it or set guidance_scale > 1")
-        if guidance_scale == 1.0 and negative_prompt:
+        from latentdiff.prompts import is_composable
+
+        composable = any(is_composable(p) for p in ([prompt] if isinstance(prompt, str) else list(prompt or [])))
+        if composable and guidance_rescale:
+            raise ValueError("guidance_rescale is not defined for composable prompts (AND): set it to 0 or "
+                             "write the prompt without AND")
+        if guidance_scale == 1.0 and negative_prompt and not composable:  # AND guides from the negative at any scale
             raise ValueError("negative_prompt has no effect with guidance_scale=1 (no classifier-free guidance); "
                              "drop it or set guidance_scale > 1")
 
@@ -963,9 +969,6 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         denoiser = UNetDenoiser(self.unet, self.alphas_cumprod, self.scheduler_config.prediction_type, concat=concat,
                                 dtype=unet_dtype, cudagraphs=self.compiled == "reduce-overhead")
         if isinstance(cond, WeightedConds):  # "a AND b :w": every part guides (at any scale, 1 included)
-            if guidance_rescale > 0:
-                raise ValueError("guidance_rescale is not defined for composable prompts (AND): set it to 0 or "
-                                 "write the prompt without AND")
             denoiser = ComposableGuidance(denoiser, cond, uncond, guidance_scale)
         elif guidance_scale == 1.0:
             denoiser = Conditioned(denoiser, cond)

@@ -65,3 +65,9 @@ def test_pipeline_and(tiny_pipe):
                                tiny_pipe("blue heart AND sun :0.5", seed=3, **KW).images, atol=1e-6)
     with pytest.raises(ValueError, match="guidance_rescale is not defined for composable prompts"):
         tiny_pipe("a AND b", seed=0, guidance_rescale=0.7, **KW)
+    # at guidance 1 the parts still guide from the negative prompt, so a negative is not refused there
+    one = {**KW, "guidance_scale": 1.0}
+    plain = tiny_pipe("red heart :1.5 AND sun :0.5", seed=3, **one).images  # weights summing to 1 would cancel it
+    assert np.abs(plain - tiny_pipe("red heart :1.5 AND sun :0.5", "blue", seed=3, **one).images).max() > 1e-5
+    with pytest.raises(ValueError, match="negative_prompt has no effect with guidance_scale=1"):
+        tiny_pipe("red heart", "blue", seed=3, **one)
