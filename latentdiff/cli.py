@@ -72,6 +72,7 @@ def generate_parser() -> argparse.ArgumentParser:
   latentdiff generate "red apple" --hires 2 --hires-strength 0.5          # 64 px -> 128 px
   latentdiff generate "a (blue:1.3) apple, [shiny] BREAK white background"   # A1111 weights
   latentdiff generate "[red:blue:0.5] heart" --steps 20                      # prompt editing
+  latentdiff generate "red apple, twemoji style :2 AND red apple :-1"        # AND: amplify the style
   latentdiff generate "a cat <lora:symbola:0.8>" --lora-dir loras/           # LoRA tag
   latentdiff generate "a <sks> emoji" --embedding sks.safetensors:<sks>      # textual inversion
 """,
