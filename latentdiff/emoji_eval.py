@@ -63,6 +63,7 @@ from latentdiff.emoji_recolour import held_out
 from latentdiff.evaluation import (
     _blur,
     ImageSet,
+    accuracy,
     evaluator_outputs,
     generate,
     load_image_set,
@@ -352,7 +353,7 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
            "real_accuracy_mean": float(np.mean(list(real.values())))}
     judge_group = groups is not None and "group" in net.heads
     if judge_group and "group" in real_test.labels:
-        out["real_group_accuracy"] = float((pred["group"] == real_test.labels["group"]).float().mean())
+        out["real_group_accuracy"] = accuracy(pred, {"group": real_test.labels["group"]})["group"]
     # the same real images through the model's VAE: the ceiling for anything its decoder draws
     rec = evaluator_outputs(net, vae_roundtrip(pipe.vae, real_test.images))[0]["style"]
     out["vae_accuracy"] = {s: float((rec[truth == k] == k).float().mean())
@@ -363,7 +364,7 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
     p = evaluator_outputs(net, images)[0]
     out["plain_distribution"] = {s: float((p["style"] == k).float().mean()) for k, s in enumerate(names)}
     if judge_group:
-        out["plain_group_accuracy"] = float((p["group"] == groups).float().mean())
+        out["plain_group_accuracy"] = accuracy(p, {"group": groups})["group"]
     out["suffixed"] = {}
     for k, s in enumerate(names):
         images, _ = generate(pipe, [style_prompt(c, s, amplify) for c in captions], seed=seed, batch_size=batch_size,
@@ -373,7 +374,7 @@ def style_report(pipe, net, real_test: ImageSet, captions: Sequence[str], *, see
         out["suffixed"][s] = {"judged_as_asked": float((p["style"] == k).float().mean()),
                               "distribution": {t: float((p["style"] == j).float().mean()) for j, t in enumerate(names)}}
         if judge_group:
-            out["suffixed"][s]["group_accuracy"] = float((p["group"] == groups).float().mean())
+            out["suffixed"][s]["group_accuracy"] = accuracy(p, {"group": groups})["group"]
     out["suffixed_mean"] = float(np.mean([v["judged_as_asked"] for v in out["suffixed"].values()]))
     if judge_group:
         out["suffixed_group_accuracy_mean"] = float(np.mean([v["group_accuracy"] for v in out["suffixed"].values()]))

@@ -433,7 +433,7 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
         groups = test_set.labels["group"][:len(captions)] if "group" in test_set.labels else None
         results["style"] = emoji_eval.style_report(pipe, style_net, style_test, captions, negative=args.style_negative,
                                                    amplify=args.style_amplify,
-                                                   groups=groups if "group" in style_net.heads else None,
+                                                   groups=groups,  # used when style_net has a group head
                                                    **common, **gen)
         results["style"]["seconds"] = round(time.perf_counter() - t0, 1)  # includes training the classifier
 

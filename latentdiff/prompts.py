@@ -168,7 +168,7 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     part's trailing ``:number`` its weight (default 1), as A1111 reads it. A prompt without ``AND``
     is one part of weight 1, whatever it ends with: A1111 would read "keycap: 9" (a CLDR name in the
     emoji data) as "keycap" at weight 9; here that needs an ``AND`` (write "keycap: 9 :1 AND …")."""
-    if not _AND.search(prompt):
+    if not is_composable(prompt):
         return [(prompt, 1.0)]
     out = []
     for part in _AND.split(prompt):
