@@ -122,12 +122,12 @@ def main() -> None:
 
 def inpaint(args, pipe, train, test, res, out) -> None:
     from latentdiff.eval_cli import build_parser
-    from latentdiff.train.evaluator import get_evaluator
     from latentdiff.evaluation import (
         accuracy,
         evaluator_outputs,
         save_labelled_grid,
     )
+    from latentdiff.train.evaluator import get_evaluator
 
     defaults = build_parser().parse_args([])
     net, _ = get_evaluator(Path(args.evaluator), train, retrain=False, epochs=defaults.evaluator_epochs,

@@ -47,8 +47,8 @@ from latentdiff.emoji_checks import (
     COLOUR_NOUNS,
     COLOUR_WORDS,
     SHAPE_NOUNS,
-    SKIN_TONES,
     SKIN_TONE_RE,
+    SKIN_TONES,
     background_mask,
     colour_check,
     default_colour_prompts,
@@ -61,8 +61,8 @@ from latentdiff.emoji_checks import (
 )
 from latentdiff.emoji_recolour import held_out
 from latentdiff.evaluation import (
-    _blur,
     ImageSet,
+    _blur,
     accuracy,
     evaluator_outputs,
     generate,

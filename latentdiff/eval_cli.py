@@ -19,7 +19,6 @@ from latentdiff.cli import parse_lora_spec
 from latentdiff.diversity import diversity_markdown, diversity_report
 from latentdiff.emoji_checks import colour_check, default_colour_prompts, skin_tone_sets
 from latentdiff.emoji_eval import colour_report, skin_report
-from latentdiff.train.evaluator import get_evaluator
 from latentdiff.evaluation import (
     DEFAULT_GRID_PROMPTS,
     ImageSet,
@@ -36,6 +35,7 @@ from latentdiff.evaluation import (
     save_labelled_grid,
     vae_roundtrip,
 )
+from latentdiff.train.evaluator import get_evaluator
 
 logger = logging.getLogger("latentdiff.eval")
 DEFAULT_SECTIONS = ("real", "generated", "colour", "skin", "samplers", "guidance")

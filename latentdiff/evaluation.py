@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

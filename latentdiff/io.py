@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from latentdiff import hub
 from latentdiff.errors import UserError
 from latentdiff.fs import (  # noqa: F401 (re-exported)
     ASSETS,
@@ -27,7 +28,6 @@ from latentdiff.fs import (  # noqa: F401 (re-exported)
     replace_shared,
     share_tree,
 )
-from latentdiff import hub
 
 logger = logging.getLogger("latentdiff")
 

@@ -42,7 +42,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import check_sigmas, lcm_boundary_scalings, predict_x0_from_eps, q_posterior_mean_variance, randn, sigma_to_t
+from .diffusion import (
+    check_sigmas,
+    lcm_boundary_scalings,
+    predict_x0_from_eps,
+    q_posterior_mean_variance,
+    randn,
+    sigma_to_t,
+)
 
 
 class Denoiser(Protocol):
@@ -231,7 +238,7 @@ def sample_lcm(
     bar = _steps(timesteps, progress)
     n = _num_steps(timesteps)
     noise = _noise(noise_sampler, generator, x)
-    for i, t, sig, a_t, a_next in _schedule(denoiser, timesteps):
+    for i, t, sig, _a_t, a_next in _schedule(denoiser, timesteps):
         eps = denoiser(x, _t_tensor(t, x))
         x0 = predict_x0_from_eps(x, t, eps, denoiser.alphas_cumprod)
         c_skip, c_out = lcm_boundary_scalings(t, timestep_scaling)

@@ -48,8 +48,8 @@ from latentdiff.errors import MemoryLimitError, NonFiniteError, UserError
 from latentdiff.fs import (
     PICKLE_SUFFIXES,
     atomic_dir,
-    check_safetensors_file,
     check_plain_name,
+    check_safetensors_file,
     check_weights,
     is_inside,
     read_json,

@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image, ImageColor, ImageDraw
 
-from latentdiff import eval_cli
 from latentdiff import emoji_checks as EC
+from latentdiff import eval_cli
 from latentdiff import evaluation as E
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,17 +5,15 @@ back to a heart of the asked colour (colour right, object wrong)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from stand_ins import ImagePipe
 
-from latentdiff import eval_cli
 from latentdiff import emoji_eval as EE
+from latentdiff import eval_cli
 from latentdiff.diversity import caption_words
 from latentdiff.emoji_checks import COLOUR_NOUNS, COLOUR_WORDS, dominant_colour, rgb_to_hsv
 from latentdiff.evaluation import ImageSet, align_labels, load_image_set
-
-from stand_ins import ImagePipe
 
 
 @pytest.fixture(scope="module")

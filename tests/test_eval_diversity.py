@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from stand_ins import ImagePipe
 
 from latentdiff.diversity import (
     diversity_markdown,
@@ -16,8 +17,6 @@ from latentdiff.diversity import (
     has_word,
     pairwise_mean_difference,
 )
-
-from stand_ins import ImagePipe
 
 
 def test_pairwise_mean_difference_is_the_mean_over_pairs():

@@ -9,12 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from latentdiff import eval_cli
-from latentdiff import emoji_eval as EE
-from latentdiff import evaluation as E
-
 from stand_ins import ImagePipe, ImageVAE
+
+from latentdiff import emoji_eval as EE
+from latentdiff import eval_cli
+from latentdiff import evaluation as E
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,20 @@ def run_in_process(trainer: str, args: list[str]) -> None:
     assert importlib.import_module(f"latentdiff.train.{trainer}").main(args) == 0
 
 
+def _flatten(obj, prefix: str, out: dict) -> None:
+    """The tensors and numbers of a pickled checkpoint object, keyed by their path."""
+    if torch.is_tensor(obj):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            _flatten(obj[k], f"{prefix}.{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}.{i}", out)
+    elif isinstance(obj, (int, float)):
+        out[prefix] = torch.tensor(obj, dtype=torch.float64)
+
+
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor a checkpoint or export holds: safetensors weights, the optimizer, and the
     registered states (LR schedule, EMA) accelerate pickles as custom_checkpoint_N.pkl."""
@@ -79,22 +93,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(folder.rglob("*.safetensors")):
         out.update({f"{f.relative_to(folder)}:{k}": v for k, v in load_file(str(f)).items()})
     for f in sorted(folder.glob("*.bin")) + sorted(folder.glob("custom_checkpoint_*.pkl")):
-        flat = []
-
-        def walk(obj, prefix):
-            if torch.is_tensor(obj):
-                flat.append((prefix, obj))
-            elif isinstance(obj, dict):
-                for k in sorted(obj, key=str):
-                    walk(obj[k], f"{prefix}.{k}")
-            elif isinstance(obj, (list, tuple)):
-                for i, v in enumerate(obj):
-                    walk(v, f"{prefix}.{i}")
-            elif isinstance(obj, (int, float)):
-                flat.append((prefix, torch.tensor(obj, dtype=torch.float64)))
-
-        walk(torch.load(f, weights_only=False, map_location="cpu"), f.name)
-        out.update(flat)
+        _flatten(torch.load(f, weights_only=False, map_location="cpu"), f.name, out)
     return out
 
 

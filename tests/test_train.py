@@ -623,9 +623,8 @@ def test_heldout_loss_of_a_trained_tower_encodes_captions_with_that_tower(tmp_pa
     embeddings, not the ones computed by the starting tower when the batch was fixed."""
     import copy
 
-    from latentdiff.train.unet import EncodedData, HeldOutBatch, UNetTask, heldout_loss
-
     from latentdiff.models import build_components
+    from latentdiff.train.unet import EncodedData, HeldOutBatch, UNetTask, heldout_loss
 
     comps = build_components(load_config(TINY_UNET.parent / "tiny.yaml", ModelConfig))
     unet, te = comps["unet"].eval(), comps["text_encoder"].eval()

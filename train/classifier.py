@@ -45,11 +45,11 @@ from .common import (
     EMAConfig,
     MixedPrecision,
     OptimConfig,
-    run_main,
     cache_key,
     check_loop_settings,
     hash_module,
     load_tensors,
+    run_main,
     save_tensors_atomic,
     step_generator,
 )

@@ -51,7 +51,16 @@ from latentdiff.evaluation import load_image_set, random_affine
 from latentdiff.models import ModelConfig, TextEncoderConfig
 
 from . import loop
-from .common import DataConfig, Device, EMAConfig, MixedPrecision, OptimConfig, check_loop_settings, run_main, step_generator
+from .common import (
+    DataConfig,
+    Device,
+    EMAConfig,
+    MixedPrecision,
+    OptimConfig,
+    check_loop_settings,
+    run_main,
+    step_generator,
+)
 from .loop import Run, Task
 
 logger = logging.getLogger("latentdiff.train.clip")

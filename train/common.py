@@ -43,9 +43,15 @@ import torch
 import yaml
 
 from latentdiff.config import ConfigError, load_config, save_config
+from latentdiff.data.datasets import (
+    EMOJI_PARQUET,
+    EMOJI_STYLES,
+    emoji_parquet_path,
+    read_emoji_table,
+    style_caption,
+)
 from latentdiff.fs import atomic_write_text
 from latentdiff.progress import disable_progress_bars
-from latentdiff.data.datasets import EMOJI_PARQUET, EMOJI_STYLES, emoji_parquet_path, read_emoji_table, style_caption
 
 logger = logging.getLogger("latentdiff.train")
 

@@ -38,8 +38,8 @@ from .common import (
     run_main,
     save_tensors_atomic,
 )
-from .lora import LoraDataConfig, _ema_weights, encode, load_lora_data
 from .loop import Run
+from .lora import LoraDataConfig, _ema_weights, encode, load_lora_data
 from .unet import Components, DenoiserStep, UNetTask, batch_latents, caption_rows, diffusion_loss, log_image
 
 logger = logging.getLogger("latentdiff.train")

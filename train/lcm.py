@@ -29,9 +29,9 @@ from latentdiff.diffusion import LCM_ORIGINAL_STEPS, lcm_boundary_scalings, pred
 
 from . import loop
 from .common import EMAConfig, OptimConfig
+from .loop import Run
 from .lora import LoraDataConfig, LoraNetworkConfig, LoraTask, LoraTrainConfig, _ema_weights
 from .lora import main as lora_main
-from .loop import Run
 from .unet import batch_latents, caption_rows
 
 logger = logging.getLogger("latentdiff.train")

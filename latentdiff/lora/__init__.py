@@ -44,7 +44,14 @@ prefix every SD 1.x LoRA uses; it is dropped when the model (transformers ≥ 5)
 
 from latentdiff.fs import LORA_WEIGHT_NAME
 from latentdiff.fs import save_safetensors_atomic as _save_safetensors_atomic  # noqa: F401 (tests/test_pipeline.py)
-from latentdiff.lora.files import LoraFile, read_lora, resolve_lora_file, save_kohya, save_lora, save_lora_state
+from latentdiff.lora.files import (
+    LoraFile,
+    read_lora,
+    resolve_lora_file,
+    save_kohya,
+    save_lora,
+    save_lora_state,
+)
 from latentdiff.lora.keys import (
     COMPONENTS,
     KOHYA_PREFIXES,

@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from latentdiff import hub
-from latentdiff.fs import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, check_safetensors_file, is_repo_id, save_safetensors_atomic
+from latentdiff.fs import (
+    LORA_WEIGHT_NAME,
+    PICKLE_SUFFIXES,
+    check_safetensors_file,
+    is_repo_id,
+    save_safetensors_atomic,
+)
 from latentdiff.io import resolve_model_dir
 from latentdiff.lora.keys import (
     COMPONENTS,

@@ -13,7 +13,6 @@ import torch
 from latentdiff.lora.keys import _short_list, lora_modules
 
 
-
 def _base_layer(module: torch.nn.Module) -> torch.nn.Module:
     get = getattr(module, "get_base_layer", None)
     return get() if callable(get) else module
