@@ -542,11 +542,11 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
             raise ValueError("negative_prompt has no effect with guidance_scale=1 (no classifier-free guidance); "
                              "drop it or set guidance_scale > 1")
 
-    def estimate_memory(self, batch: int, height: int, width: int, guided: bool | int = True,
-                        dtype: torch.dtype | None = None) -> dict[str, int]:
+    def estimate_memory(self, batch: int, height: int, width: int, guided: bool = True,
+                        dtype: torch.dtype | None = None, *, inputs_per_image: int | None = None) -> dict[str, int]:
         """Rough peak bytes of one call, by stage: the U-Net's activations (and attention scores where
-        they are materialised) at the batch it runs (2x with classifier-free guidance; an int ``guided``
-        is the U-Net inputs per image, K + 1 for a prompt of K parts joined by AND), and the VAE
+        they are materialised) at the batch it runs (2x with classifier-free guidance; ``inputs_per_image``,
+        when given, instead: K + 1 for a prompt of K parts joined by AND), and the VAE
         decoder's full-resolution activations (per tile when ``vae.enable_tiling()`` is on). An
         estimate, meant to refuse what cannot fit, not to predict to the byte: the factors (10 live
         U-Net tensors per level, 8 in the decoder) are calibrated on the emoji model at 1024×1024 on
@@ -555,7 +555,7 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         f = self.vae_scale_factor
         item = torch.finfo(self.unet.dtype if dtype is None else dtype).bits // 8
         h, w = height // f, width // f
-        b = batch * (guided if type(guided) is int else (2 if guided else 1))
+        b = batch * (inputs_per_image if inputs_per_image is not None else (2 if guided else 1))
         uc = self.unet.config
         unet_bytes, attn_bytes = 0, 0
         sdpa = all(type(p).__name__ in ("AttnProcessor2_0", "XFormersAttnProcessor")
@@ -576,12 +576,13 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
         vae_attn = batch * (H // f) * (W // f) * (H // f) * (W // f) * item if not sdpa else 0
         return {"unet": unet_bytes + attn_bytes, "vae_decode": vae_bytes + vae_attn}
 
-    def check_memory(self, batch: int, height: int, width: int, guided: bool | int = True, *,
-                     device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def check_memory(self, batch: int, height: int, width: int, guided: bool = True, *,
+                     device: torch.device | None = None, dtype: torch.dtype | None = None,
+                     inputs_per_image: int | None = None) -> None:
         """:class:`MemoryLimitError` when :meth:`estimate_memory` exceeds the device's available memory.
         ``device``/``dtype``: the U-Net's, where the caller has already looked them up."""
         device = self.device if device is None else device
-        est = self.estimate_memory(batch, height, width, guided, dtype)
+        est = self.estimate_memory(batch, height, width, guided, dtype, inputs_per_image=inputs_per_image)
         need = max(est.values())  # the stages run one after the other
         have = available_memory(device)
         if need <= have:
@@ -754,9 +755,9 @@ class TextToImagePipeline(LoraMixin, TextualInversionLoaderMixin):
                     (1 if isinstance(prompt, str) else len(prompt))
                 scale = hires_scale or 1.0
                 self.check_memory(n_prompts * num_images_per_prompt, int(height * scale) // f * f,
-                                  int(width * scale) // f * f, guided=self._unet_inputs_per_image(
-                                      prompt if prompt_embeds is None else None, guidance_scale),
-                                  device=device, dtype=unet_dtype)
+                                  int(width * scale) // f * f, device=device, dtype=unet_dtype,
+                                  inputs_per_image=self._unet_inputs_per_image(
+                                      prompt if prompt_embeds is None else None, guidance_scale))
 
             # 1. the sampler's noise levels: the model's integer timesteps (default schedule) or n+1 sigmas;
             #    their tail when starting from an image

@@ -215,13 +215,13 @@ def test_memory_estimate_grows_with_size_and_tiling_bounds_the_decode(tiny_pipe)
 def test_memory_check_counts_every_part_of_a_composable_prompt(tiny_pipe, monkeypatch):
     # "a AND b AND c" runs the U-Net on 3 parts + the negative per image, twice CFG's batch
     per_copy = {k: v // 2 for k, v in tiny_pipe.estimate_memory(1, 256, 256, guided=True).items()}
-    assert tiny_pipe.estimate_memory(1, 256, 256, guided=4)["unet"] > tiny_pipe.estimate_memory(1, 256, 256)["unet"]
+    assert tiny_pipe.estimate_memory(1, 256, 256, inputs_per_image=4)["unet"] > tiny_pipe.estimate_memory(1, 256, 256)["unet"]
     have = 3 * per_copy["unet"]  # room for CFG's 2 inputs, not for 4
     monkeypatch.setattr("latentdiff.pipelines.text_to_image.available_memory", lambda device: max(
         have, tiny_pipe.estimate_memory(1, 256, 256)["vae_decode"]))
-    tiny_pipe.check_memory(1, 256, 256, guided=2)
+    tiny_pipe.check_memory(1, 256, 256, inputs_per_image=2)
     with pytest.raises(MemoryLimitError):
-        tiny_pipe.check_memory(1, 256, 256, guided=4)
+        tiny_pipe.check_memory(1, 256, 256, inputs_per_image=4)
     kw = dict(height=256, width=256, num_inference_steps=1, output_type="latent")
     assert tiny_pipe("a", guidance_scale=5.0, **kw).latents.shape[0] == 1
     with pytest.raises(MemoryLimitError):
