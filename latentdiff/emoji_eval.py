@@ -214,8 +214,22 @@ def validate_object_judge(data: ImageSet, gallery: tuple[torch.Tensor, list[str]
             "chance": 1 / len(set(gallery[1]))}
 
 
+COMPOSITION_FIELDS = ("prompt", "colour", "object")
+
+
+def composition_text(template: str, p: dict) -> str:
+    """The text generated for composition prompt ``p``: ``template`` with ``{prompt}`` ("blue apple"),
+    ``{colour}`` and ``{object}`` filled in, e.g. "{prompt} :1 AND {object} :0.5" (a composable prompt
+    that adds guidance towards the plain object). ValueError naming the template if it is malformed."""
+    try:
+        return template.format(**{k: p[k] for k in COMPOSITION_FIELDS})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"template {template!r}: {type(e).__name__} {e}; use only the fields "
+                         + ", ".join("{" + k + "}" for k in COMPOSITION_FIELDS) + " (double {{ }} for literal braces)") from None
+
+
 def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: int = 0, batch_size: int = 32,
-                       progress: bool = True, validate: bool = True, **gen) -> dict:
+                       progress: bool = True, validate: bool = True, template: str = "{prompt}", **gen) -> dict:
     """Generate each composition prompt once (prompt i: seed + i) and judge colour and object; returns
     rates of "colour", "object", "both", "fallback" (judged as a coloured heart/circle/square/…), per
     colour, the object judge's validation on real images, and the rows.
@@ -227,8 +241,11 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
 
     ``data``: the real images the object judge compares against and validates on (the prompts come
     from wherever ``prompts`` was built). A model that draws several styles needs every style's apple
-    in it, or an apple drawn in a style it lacks counts as a wrong object."""
-    texts = [p["prompt"] for p in prompts]
+    in it, or an apple drawn in a style it lacks counts as a wrong object.
+
+    ``template``: how each prompt is asked (:func:`composition_text`); the default asks "blue apple" as
+    it is. The plain objects are always asked by their plain name."""
+    texts = [composition_text(template, p) for p in prompts]
     images, _ = generate(pipe, texts, seed=seed, batch_size=batch_size, progress=progress, desc="composition", **gen)
     gallery = object_gallery(data)
     names = list(dict.fromkeys(p["object"] for p in prompts))
@@ -253,7 +270,7 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
         return {"n": len(among), "colour": rate("colour_ok", among), "object": rate("object_ok", among),
                 "both": sum(r["colour_ok"] and r["object_ok"] for r in among) / len(among) if among else None}
 
-    out = {"n": n, "colour": rate("colour_ok"), "object": rate("object_ok"),
+    out = {"n": n, "template": template, "colour": rate("colour_ok"), "object": rate("object_ok"),
            "both": sum(r["colour_ok"] and r["object_ok"] for r in rows) / n if n else None,
            # data.recolour trains on recoloured copies of three quarters of the objects: the rest is the test
            "by_recolour": {"held_out": subset([r for r in rows if r["held_out"]]),
@@ -272,8 +289,9 @@ def composition_report(pipe, data: ImageSet, prompts: Sequence[dict], *, seed: i
 
 def composition_markdown(c: dict) -> list[str]:
     v = c.get("judge_validation")
+    asked = f", asked as `{c['template']}`" if c.get("template", "{prompt}") != "{prompt}" else ""
     out = [f"### Composition: colour × object prompts the data never shows ({c['n']} prompts, {c['n_objects']} "
-           "objects)", "",
+           f"objects{asked})", "",
            "| colour right | object right (silhouette) | both | fell back to a coloured shape "
            "| object in the 5 nearest |",
            "|---|---|---|---|---|",

@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset whose real object images (train and test) the composition section's object judge "
                         "compares against, e.g. emoji:all for a model that draws every style (default: --dataset; "
                         "the prompts always come from --dataset)")
+    p.add_argument("--composition-prompt", default="{prompt}", metavar="TEMPLATE",
+                   help="how each colour × object prompt is asked: {prompt} ('blue apple'), {colour} and {object} "
+                        "filled in, e.g. '{prompt} :1 AND {object} :0.5' (composable prompt: extra guidance "
+                        "towards the plain object; default: {prompt}, the prompt as it is)")
     p.add_argument("--styles", default="noto,symbola",
                    help="emoji styles the style classifier tells apart (default: noto,symbola)")
     p.add_argument("--style-dataset", default="emoji", help="the styles are read as STYLE_DATASET:STYLE (default: emoji)")
@@ -294,6 +298,17 @@ def check_eval_inputs(args: argparse.Namespace, sections: list[str]) -> None:
             _classify_source(args.composition_gallery)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"--composition-gallery {args.composition_gallery}: {e}") from None
+    if "composition" in sections:
+        from latentdiff.prompts import split_and
+
+        try:
+            example = emoji_eval.composition_text(args.composition_prompt,
+                                                  {"prompt": "blue apple", "colour": "blue", "object": "apple"})
+        except ValueError as e:
+            raise ValueError(f"--composition-prompt: {e}") from None
+        if not [t for t, _ in split_and(example) if t.strip()]:
+            raise ValueError(f"--composition-prompt {args.composition_prompt!r} asks for nothing (it gives "
+                             f"{example!r}); use {{prompt}} or {{colour}} {{object}}")
     if args.stride < 1:
         raise ValueError(f"--stride {args.stride}: give 1 or more (1 = every test row, 4 = every fourth)")
     if "colour" in sections and args.colour_seeds < 1:
@@ -411,7 +426,8 @@ def _emoji_sections(args, sections, results, pipe, net, folder, both, test_full,
             train, test = (load_image_set(args.composition_gallery, split, args.resolution, ["group"],
                                           progress=common["progress"]) for split in (args.train_split, args.test_split))
             gallery = ImageSet.concat(train, align_labels(test, train.label_names))
-        results["composition"] = emoji_eval.composition_report(pipe, gallery, prompts, **common, **gen)
+        results["composition"] = emoji_eval.composition_report(pipe, gallery, prompts,
+                                                               template=args.composition_prompt, **common, **gen)
         results["composition"]["gallery"] = args.composition_gallery or args.dataset
         results["composition"]["seconds"], t0 = round(time.perf_counter() - t0, 1), time.perf_counter()
     if "style" in sections:

@@ -83,6 +83,39 @@ def test_report_separates_colour_from_object(data, prompts):
     assert r["plain_object"]["object"] == 0 and r["object_given_plain"] is None
 
 
+def test_composition_template_asks_each_prompt_through_it(data, prompts):
+    sample = prompts[:6]
+    index = {c: i for i, c in enumerate(data.captions)}
+    asked = []
+
+    def draw(p, s):  # the object's image when the template's AND part names it, a red heart otherwise
+        asked.append(p)
+        obj = p.split(" AND ")[-1].rsplit(" :", 1)[0] if " AND " in p else p
+        return data.images[index.get(obj, index["red heart"])]
+
+    r = EE.composition_report(ImagePipe(draw), data, sample, progress=False, validate=False,
+                              template="{prompt} :1 AND {object} :0.5")
+    wanted = [f"{p['colour']} {p['object']} :1 AND {p['object']} :0.5" for p in sample]
+    assert asked[:len(sample)] == wanted  # the colour x object prompts, through the template
+    assert asked[len(sample):] == list(dict.fromkeys(p["object"] for p in sample))  # the plain names as they are
+    assert r["template"] == "{prompt} :1 AND {object} :0.5" and r["object"] > 0.9
+    assert "asked as `{prompt} :1 AND {object} :0.5`" in "\n".join(EE.composition_markdown(r))
+    asked.clear()  # the default asks the prompt unchanged: a red heart for every one
+    assert EE.composition_report(ImagePipe(draw), data, sample, progress=False, validate=False)["object"] == 0
+    assert asked[:len(sample)] == [p["prompt"] for p in sample]
+
+
+@pytest.mark.parametrize("template, match", [("{shape} {object}", "KeyError 'shape'"),
+                                             ("{prompt", "ValueError"), ("{0}", "IndexError"),
+                                             (" :1 AND  :2", "asks for nothing")])
+def test_eval_cli_bad_composition_template_is_one_clear_error(tmp_path, tiny_pipeline_dir, template, match):
+    out = tmp_path / "r.json"
+    with pytest.raises(ValueError, match=f"--composition-prompt.*{match}"):
+        eval_cli.main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--sections", "composition",
+                       "--composition-prompt", template, "--no-progress", "--out", str(out)])
+    assert not out.exists()
+
+
 def test_image_sets_concatenate_only_when_numbered_alike():
     a = ImageSet(torch.zeros(2, 3, 4, 4), ["x", "y"], {"group": torch.tensor([0, 1])}, {"group": ["A", "B"]})
     b = ImageSet(torch.ones(1, 3, 4, 4), ["z"], {"group": torch.tensor([0])}, {"group": ["B"]})
