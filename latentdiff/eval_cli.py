@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
   latentdiff eval --sections samplers --samplers ddim,dpmpp_2m --sampler-spacings trailing,logsnr
   latentdiff eval --model runs/emoji/final --sections guidance --guidance-scales 1,3,5,7.5
   latentdiff eval --sections diversity,composition,style --diversity-words 12 --composition-limit 64 --style-limit 16
+  latentdiff eval --sections composition --composition-gallery emoji:all --composition-prompt "{prompt} :1 AND {object} :0.5"
 """,
     )
     p.add_argument("--model", default="emoji", help="built-in name, diffusers folder or Hub repo id (default: emoji)")
