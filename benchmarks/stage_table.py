@@ -35,7 +35,7 @@ def _load(docs: Path, name: str) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not JSON ({e}); re-run the command that writes it")
+        raise SystemExit(f"{path}: not JSON ({e}); re-run the command that writes it") from None
 
 
 def _pct(x: float) -> str:
