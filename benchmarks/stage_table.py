@@ -26,6 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("fluent", "noto", "openmoji", "twemoji")
+# the parts that give a group ratio and a Fréchet distance: (file part, group row, distance row)
+GROUP_FD_PARTS = (
+    ("alljudge_full", "group, all-styles judge, 2,786", "FD all styles, all-styles judge"),
+    ("all", "group, Noto judge, 2,786", "FD all styles, Noto judge"),
+    ("365", "group, Noto judge, 365", "FD 365 Noto"),
+)
 
 
 def _load(docs: Path, name: str) -> dict | None:
@@ -62,18 +68,9 @@ def stage_rows(docs: Path, stage: str) -> dict[str, str]:
         rows["group, Noto judge, 160"] = _group_fd(d["generated"])[0]
         cp = d["composition"]
         rows["composition, Noto gallery"] = f"{_pct(cp['both'])} (colour {_pct(cp['colour'])}, object {_pct(cp['object'])})"
-    if (d := part("alljudge_full")) is not None:
-        g, fd = _group_fd(d["generated"])
-        rows["group, all-styles judge, 2,786"] = g
-        rows["FD all styles, all-styles judge"] = fd
-    if (d := part("all")) is not None:
-        g, fd = _group_fd(d["generated"])
-        rows["group, Noto judge, 2,786"] = g
-        rows["FD all styles, Noto judge"] = fd
-    if (d := part("365")) is not None:
-        g, fd = _group_fd(d["generated"])
-        rows["group, Noto judge, 365"] = g
-        rows["FD 365 Noto"] = fd
+    for name, group_label, fd_label in GROUP_FD_PARTS:
+        if (d := part(name)) is not None:
+            rows[group_label], rows[fd_label] = _group_fd(d["generated"])
     if (d := part("comp_all")) is not None:
         cp = d["composition"]
         rows["composition, all-styles gallery"] = (
