@@ -7,13 +7,17 @@ than to call up the heart, circle or square that carries that colour in the data
   nouns (:data:`~latentdiff.emoji_checks.COLOUR_NOUNS`, :data:`~latentdiff.emoji_checks.SHAPE_NOUNS`)
   and minus the objects :func:`held_out` keeps aside, so the composition report can say how the model
   does on objects it never saw recoloured.
-* **Which colours**: :data:`RECOLOUR_HUES` (the hue colours; brown, black and white are not a hue
-  change), minus every colour covering :data:`OWN_COLOUR_SHARE` or more of the object's coloured
-  pixels; ``copies`` of them drawn per row by a seeded generator (the build is deterministic, so the
-  training cache key is stable).
-* **How**: every chromatic pixel (saturation >= the checker's achromatic bound) takes the target
-  hue, keeping its saturation and value, so outlines, highlights and shading stay; white, grey and
-  black parts stay as they are. A copy is kept only when the dominant-colour check
+* **Which colours**: by default :data:`RECOLOUR_HUES` (the hue colours); ``colours`` (``data.recolour_colours``)
+  may add the tones :data:`RECOLOUR_TONES` (brown, black, white, which are not a hue change). Minus every
+  colour covering :data:`OWN_COLOUR_SHARE` or more of the object's coloured pixels; ``copies`` of them
+  drawn per row by a seeded generator (the build is deterministic, so the training cache key is stable).
+* **How**: every chromatic pixel (saturation >= the checker's achromatic bound) is painted, so
+  outlines, highlights and shading stay; white, grey and black parts stay as they are. A hue colour
+  replaces the hue, keeping saturation and value (:func:`recolour`); a tone maps the pixel into the
+  band where the real data has that colour, keeping its relative lightness (:func:`paint`): brown
+  takes hue 18° at 0.72× the value (real brown shapes: hue 14–23°, value 0.41–0.75), black and white
+  become grey of value 0.05–0.30 and 0.72–0.92 (real black shapes 0–0.26, white ones 0.80–0.91;
+  a white object stays visible on the white background). A copy is kept only when the dominant-colour check
   (:func:`~latentdiff.emoji_checks.dominant_colour`) names it as the target (a dark red turned
   "orange" reads brown, and is dropped).
 
@@ -48,6 +52,9 @@ from latentdiff.emoji_checks import (
 )
 
 RECOLOUR_HUES = {"red": 0.0, "orange": 32.0, "yellow": 57.0, "green": 120.0, "blue": 215.0, "purple": 290.0}
+# tone -> (hue or None for grey, value scale, value offset): v' = offset + scale·v on the chromatic pixels
+RECOLOUR_TONES = {"brown": (18.0, 0.72, 0.0), "black": (None, 0.25, 0.05), "white": (None, 0.2, 0.72)}
+RECOLOUR_COLOURS = (*RECOLOUR_HUES, *RECOLOUR_TONES)  # what data.recolour_colours may name
 OWN_COLOUR_SHARE = 0.1  # the same bound as the composition set's "colour not new to the object"
 HELD_OUT_MODULUS = 4    # objects whose name hashes to 0 mod 4 (about a quarter) are never recoloured
 _OBJECT_RE = re.compile(r"([a-z]+)((?:, [a-z ]+ style)?)")
@@ -77,6 +84,24 @@ def recolour(images: torch.Tensor, hue: float) -> torch.Tensor:
     return hsv_to_rgb(h, s, v).clamp(0, 1)
 
 
+def paint(images: torch.Tensor, colour: str) -> torch.Tensor:
+    """(…, 3, H, W) RGB in [0, 1]: every chromatic pixel painted ``colour``, one of
+    :data:`RECOLOUR_COLOURS` (a hue by :func:`recolour`, a tone by :data:`RECOLOUR_TONES`)."""
+    if colour in RECOLOUR_HUES:
+        return recolour(images, RECOLOUR_HUES[colour])
+    if colour not in RECOLOUR_TONES:
+        raise ValueError(f"colour {colour!r} cannot be painted: use one of {', '.join(RECOLOUR_COLOURS)}")
+    hue, scale, offset = RECOLOUR_TONES[colour]
+    h, s, v = rgb_to_hsv(images)
+    chromatic = s >= ACHROMATIC_MAX_S
+    if hue is not None:
+        h = torch.where(chromatic, torch.full_like(h, hue), h)
+    else:
+        s = torch.where(chromatic, torch.zeros_like(s), s)
+    v = torch.where(chromatic, offset + scale * v, v)
+    return hsv_to_rgb(h, s, v).clamp(0, 1)
+
+
 def own_colours(image: torch.Tensor) -> set[str]:
     """The colour names covering >= :data:`OWN_COLOUR_SHARE` of one image's coloured pixels."""
     names = pixel_colour_names(image).flatten()
@@ -85,11 +110,15 @@ def own_colours(image: torch.Tensor) -> set[str]:
     return {c for c, k in zip(COLOUR_WORDS, counts) if total and k / total >= OWN_COLOUR_SHARE}
 
 
-def recolour_rows(images_u8: torch.Tensor, captions: Sequence[str], copies: int, seed: int = 0
-                  ) -> tuple[torch.Tensor, list[str]]:
+def recolour_rows(images_u8: torch.Tensor, captions: Sequence[str], copies: int, seed: int = 0,
+                  colours: Sequence[str] = tuple(RECOLOUR_HUES)) -> tuple[torch.Tensor, list[str]]:
     """The extra rows for ``images_u8`` (N, 3, H, W) uint8 and their ``captions``: up to ``copies``
-    recoloured versions of each recolourable row (see the module docstring), as (M, 3, H, W) uint8
-    and M captions "<colour> <object><suffix>". Deterministic in (inputs, copies, seed)."""
+    recoloured versions of each recolourable row in ``colours`` (see the module docstring), as
+    (M, 3, H, W) uint8 and M captions "<colour> <object><suffix>". Deterministic in (inputs, copies,
+    seed, colours)."""
+    bad = [c for c in colours if c not in RECOLOUR_COLOURS]
+    if bad or not colours:
+        raise ValueError(f"recolour colours {list(colours)}: use one or more of {', '.join(RECOLOUR_COLOURS)}")
     rng = np.random.default_rng(seed)
     out_images, out_captions = [], []
     for i, caption in enumerate(captions):
@@ -97,9 +126,9 @@ def recolour_rows(images_u8: torch.Tensor, captions: Sequence[str], copies: int,
         if parts is None or held_out(parts[0]):
             continue
         image = images_u8[i].float() / 255
-        choices = [c for c in RECOLOUR_HUES if c not in own_colours(image)]
+        choices = [c for c in colours if c not in own_colours(image)]
         for colour in rng.permutation(choices)[:copies].tolist():
-            painted = recolour(image, RECOLOUR_HUES[colour])
+            painted = paint(image, colour)
             if dominant_colour(painted) != colour:
                 continue
             out_images.append((painted * 255).round().to(torch.uint8))

@@ -10,9 +10,12 @@ import torch
 from latentdiff.config import ConfigError, from_dict
 from latentdiff.emoji_checks import dominant_colour
 from latentdiff.emoji_recolour import (
+    RECOLOUR_COLOURS,
     RECOLOUR_HUES,
+    RECOLOUR_TONES,
     held_out,
     own_colours,
+    paint,
     real_colour_object_rows,
     recolour,
     recolour_rows,
@@ -90,7 +93,49 @@ def test_real_colour_object_rows_are_repeated_after_the_recoloured_ones(noto_tra
     assert torch.equal(rep.images[len(base):], noto_train.images[torch.tensor(real * 3)])
 
 
+def test_tones_paint_the_chromatic_pixels_into_the_real_bands_keeping_lightness_order():
+    img = torch.zeros(3, 3, 4)
+    img[:, 0] = 1.0                                        # white row: kept
+    img[:, 1] = torch.tensor([0.02, 0.3, 0.5, 0.7])        # greys: kept
+    img[0, 2], img[1, 2], img[2, 2] = torch.tensor([0.4, 0.6, 0.8, 1.0]), 0.1, 0.1  # reds, darker to lighter
+    for tone in RECOLOUR_TONES:
+        out = paint(img, tone)
+        assert torch.equal(out[:, :2], img[:, :2]), tone
+        assert all(dominant_colour(out[:, 2:, j:j + 1].expand(3, 4, 4).contiguous()) == tone for j in range(4)), tone
+        lum = out[:, 2].mean(0)
+        assert torch.all(lum[1:] > lum[:-1]), tone      # shading kept: lighter stays lighter
+    assert torch.equal(paint(img, "blue"), recolour(img, RECOLOUR_HUES["blue"]))
+    with pytest.raises(ValueError, match="'pink' cannot be painted: use one of red, orange"):
+        paint(img, "pink")
+
+
+def test_recolour_colours_adds_the_tones_and_keeps_the_hue_rows(noto_train, monkeypatch):
+    images, captions = noto_train.images[:800], noto_train.captions[:800]
+    hues = recolour_rows(images, captions, copies=6)
+    every = recolour_rows(images, captions, copies=9, colours=RECOLOUR_COLOURS)
+    assert set(hues[1]) < set(every[1])
+    tones = [k for k, c in enumerate(every[1]) if c.split(" ", 1)[0] in RECOLOUR_TONES]
+    assert {every[1][k].split(" ", 1)[0] for k in tones} == set(RECOLOUR_TONES) and len(tones) > 30
+    for k in tones:
+        colour, obj = every[1][k].split(" ", 1)
+        assert dominant_colour(every[0][k].float() / 255) == colour and not held_out(obj)
+        assert colour not in own_colours(images[captions.index(obj)].float() / 255)
+    with pytest.raises(ValueError, match="recolour colours"):
+        recolour_rows(images, captions, copies=1, colours=("teal",))
+    import latentdiff.emoji_recolour as R  # data.recolour_colours reaches the augmentation
+
+    seen = []
+    monkeypatch.setattr(R, "recolour_rows", lambda *a, **k: seen.append(k) or (images[:0], []))
+    load_image_data(from_dict(DataConfig, {"source": "emoji", "recolour": 9, "recolour_colours": ["black", "red"]}),
+                    "train", 64)
+    load_image_data(DataConfig(source="emoji", recolour=2), "train", 64)
+    assert seen == [{"colours": ("black", "red")}, {}]
+
+
 @pytest.mark.parametrize("data, match", [
+    ({"source": "emoji", "recolour": 2, "recolour_colours": ["pink"]}, "data.recolour_colours"),
+    ({"source": "emoji", "recolour_colours": ["black"]}, "with data.recolour > 0"),
+    ({"source": "emoji", "recolour": 2, "recolour_colours": ["black", "black"]}, "at most once"),
     ({"source": "emoji", "recolour_real_repeats": 2}, "needs data.recolour > 0"),
     ({"source": "emoji", "recolour": 1, "recolour_real_repeats": -1}, "data.recolour_real_repeats must be >= 0"),
     ({"source": "runs/my_images", "recolour": 2}, "data.recolour works on the in-memory embedded emoji sources"),

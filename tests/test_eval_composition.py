@@ -54,8 +54,9 @@ def test_composition_set_never_occurs_in_the_data(data, prompts):
 
 def test_object_judge_sees_recoloured_real_objects(data):
     gallery = EE.object_gallery(data)
-    v = EE.validate_object_judge(data, gallery, degrees=(180,))
-    assert v["accuracy"] > 0.6 and v["accuracy"] > 50 * v["chance"]
+    v = EE.validate_object_judge(data, gallery, colours=("blue", "white"))
+    assert set(v["per_colour"]) == {"blue", "white"} and min(v["per_colour"].values()) > 0.6
+    assert v["accuracy"] > 50 * v["chance"]
 
 
 def test_report_separates_colour_from_object(data, prompts):

@@ -83,6 +83,7 @@ class DataConfig:
     style_captions: bool = True       # emoji:all only: every image twice, captioned "<name>" and "<name>, <style> style"
     recolour: int = 0                 # emoji sources: this many recoloured copies of each one-word object, captioned "blue apple" (latentdiff.emoji_recolour)
     recolour_real_repeats: int = 0    # with recolour: the real "<colour> <object>" rows ("green apple") this many extra times
+    recolour_colours: list[str] = field(default_factory=list)  # with recolour: the colours painted ([] = the six hues; brown, black, white may be added)
     style_repeats: dict[str, int] = field(default_factory=dict)  # emoji sources: {twemoji: 1}: that style's real training rows (plain and suffixed) this many extra times
     max_samples: int = 0              # 0 = all; else a fixed random subset (quick experiments, tests)
     max_validation_samples: int = 256
@@ -111,6 +112,14 @@ class DataConfig:
         if self.recolour_real_repeats < 0 or (self.recolour_real_repeats and not self.recolour):
             raise ValueError(f"data.recolour_real_repeats must be >= 0 and needs data.recolour > 0, got "
                              f"{self.recolour_real_repeats} with data.recolour {self.recolour}")
+        if self.recolour_colours:
+            from latentdiff.emoji_recolour import RECOLOUR_COLOURS
+
+            bad = [c for c in self.recolour_colours if c not in RECOLOUR_COLOURS]
+            if bad or not self.recolour or len(set(self.recolour_colours)) != len(self.recolour_colours):
+                raise ValueError(f"data.recolour_colours {list(self.recolour_colours)}: name each of "
+                                 f"{', '.join(RECOLOUR_COLOURS)} at most once, with data.recolour > 0 "
+                                 f"(got data.recolour {self.recolour}); [] paints the six hues")
         in_memory_emoji = self.source in EMBEDDED_DATASETS and not self.streaming and not self.aspect_buckets
         if self.recolour and not in_memory_emoji:
             raise ValueError(f"data.recolour works on the in-memory embedded emoji sources {EMBEDDED_DATASETS} "
@@ -452,7 +461,8 @@ def load_image_data(d: DataConfig, split: str, resolution: int) -> ImageData:
         if d.recolour and split == d.split:  # training rows only; held-out data stays real
             from latentdiff.emoji_recolour import recolour_rows
 
-            extra, extra_captions = recolour_rows(images, captions, d.recolour)
+            extra, extra_captions = recolour_rows(images, captions, d.recolour,
+                                                  **({"colours": tuple(d.recolour_colours)} if d.recolour_colours else {}))
             logger.info("data %s (%s): %d recoloured rows added to %d", d.source, split, len(extra), len(images))
             if d.recolour_real_repeats:  # the real colour-word rows, repeated so the copies do not outweigh them
                 from latentdiff.emoji_recolour import real_colour_object_rows
