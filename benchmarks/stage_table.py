@@ -75,7 +75,8 @@ def stage_rows(docs: Path, stage: str) -> dict[str, str]:
         cp = d["composition"]
         rows["composition, all-styles gallery"] = (
             f"{_pct(cp['both'])} (colour {_pct(cp['colour'])}, object {_pct(cp['object'])}; "
-            f"plain-name ceiling {_pct(cp['object_given_plain'])})")
+            f"plain name drawn right {_pct(cp['plain_object']['object'])}, of those kept with the colour "
+            f"{_pct(cp['object_given_plain'])})")
     if (sg := _load(docs, f"style_guidance_emoji{stage}.json")) is not None:
         for name, v in sg["variants"].items():
             per = " / ".join(f"{100 * v['suffixed'][s]['judged_as_asked']:.1f}" for s in STYLES if s in v["suffixed"])

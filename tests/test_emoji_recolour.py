@@ -29,6 +29,11 @@ def noto_train():
     return load_image_data(DataConfig(source="emoji"), "train", 64)
 
 
+@pytest.fixture(scope="module")
+def noto_train_recolour1():
+    return load_image_data(DataConfig(source="emoji", recolour=1), "train", 64)
+
+
 def test_recolour_keeps_white_grey_and_black_and_paints_the_rest():
     img = torch.zeros(3, 4, 4)
     img[:, 0] = 1.0                                        # white row
@@ -70,9 +75,9 @@ def test_rows_are_new_colours_of_recolourable_objects_judged_as_asked(noto_train
     assert torch.equal(again[0], extra) and again[1] == extra_captions
 
 
-def test_data_recolour_adds_rows_to_training_only(noto_train):
+def test_data_recolour_adds_rows_to_training_only(noto_train, noto_train_recolour1):
     d = DataConfig(source="emoji", recolour=1)
-    train = load_image_data(d, "train", 64)
+    train = noto_train_recolour1
     assert train.captions[:len(noto_train)] == noto_train.captions and len(train) > len(noto_train) + 200
     assert torch.equal(train.images[:len(noto_train)], noto_train.images)
     test_plain = load_image_data(DataConfig(source="emoji"), "test", 64)
@@ -80,11 +85,11 @@ def test_data_recolour_adds_rows_to_training_only(noto_train):
     assert test.captions == test_plain.captions and torch.equal(test.images, test_plain.images)
 
 
-def test_real_colour_object_rows_are_repeated_after_the_recoloured_ones(noto_train):
+def test_real_colour_object_rows_are_repeated_after_the_recoloured_ones(noto_train, noto_train_recolour1):
     captions = ["green apple", "green apple, twemoji style", "apple", "man: red hair", "light blue heart",
                 "red triangle pointed up", "blue"]
     assert real_colour_object_rows(captions) == [0, 1]
-    base = load_image_data(DataConfig(source="emoji", recolour=1), "train", 64)
+    base = noto_train_recolour1
     rep = load_image_data(DataConfig(source="emoji", recolour=1, recolour_real_repeats=3), "train", 64)
     real = real_colour_object_rows(noto_train.captions)
     assert len(real) > 20 and {noto_train.captions[i] for i in real} >= {"red apple", "blue heart", "orange book"}

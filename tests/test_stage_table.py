@@ -19,14 +19,16 @@ def _gen(acc, real, fd, ref):
 def test_rows_are_computed_from_the_files_and_missing_parts_left_out(tmp_path):
     (tmp_path / "eval_emojiA_all.json").write_text(json.dumps(_gen(0.6, 0.8, 3.0, 1.5)))
     (tmp_path / "eval_emojiA_comp_all.json").write_text(json.dumps({"composition": {
-        "both": 0.25, "colour": 0.5, "object": 0.75, "object_given_plain": 0.125}}))
+        "both": 0.25, "colour": 0.5, "object": 0.75, "object_given_plain": 0.125,
+        "plain_object": {"n": 8, "object": 0.875}}}))
     (tmp_path / "eval_emojiB_all.json").write_text(json.dumps(_gen(0.4, 0.8, 1.0, 0.5)))
     a = stage_table.stage_rows(tmp_path, "A")
     b = stage_table.stage_rows(tmp_path, "B")
     assert a["group, Noto judge, 2,786"] == "60.0% vs 80.0% = 0.75×"
     assert a["FD all styles, Noto judge"] == "3.00 vs 1.500 = 2.00×"
     assert b["group, Noto judge, 2,786"] == "40.0% vs 80.0% = 0.50×"
-    assert a["composition, all-styles gallery"].startswith("25.0% (colour 50.0%, object 75.0%")
+    assert a["composition, all-styles gallery"] == ("25.0% (colour 50.0%, object 75.0%; plain name drawn right 87.5%, "
+                                                     "of those kept with the colour 12.5%)")
     assert "composition, all-styles gallery" not in b          # B has no comp_all file
     assert not any(k.startswith("style") for k in a)           # no style_guidance file
 
