@@ -53,7 +53,9 @@ def test_guidance_formula_on_the_tiny_unet(tiny_pipe):
 
 def test_pipeline_and(tiny_pipe):
     red = tiny_pipe("red heart", seed=3, **KW).images
-    np.testing.assert_array_equal(tiny_pipe("red heart AND blue square :0", seed=3, **KW).images, red)
+    # a part of weight 0 changes nothing; not bit for bit, since it makes the U-Net batch 3 rows instead of
+    # 2 and BLAS may round those differently (7e-7 on session 14's Intel Xeon, 0 on the earlier AMD EPYC)
+    np.testing.assert_allclose(tiny_pipe("red heart AND blue square :0", seed=3, **KW).images, red, atol=1e-5, rtol=0)
     mixed = "blue square :1.5 AND red heart :-0.5"
     alone = tiny_pipe(mixed, seed=4, **KW).images
     assert np.abs(alone - tiny_pipe("blue square", seed=4, **KW).images).max() > 1e-4
