@@ -52,11 +52,15 @@ def test_composition_set_never_occurs_in_the_data(data, prompts):
     assert EE.composition_prompts(data, limit=10) == prompts[:10]  # deterministic; the limit takes a prefix
 
 
-def test_object_judge_sees_recoloured_real_objects(data):
+def test_object_judge_sees_recoloured_real_objects(data, monkeypatch):
     gallery = EE.object_gallery(data)
+    judged, judge = [], EE.object_judge
+    monkeypatch.setattr(EE, "object_judge", lambda x, g, **k: judged.append(x) or judge(x, g, **k))
     v = EE.validate_object_judge(data, gallery, colours=("blue", "white"))
     assert set(v["per_colour"]) == {"blue", "white"} and min(v["per_colour"].values()) > 0.6
     assert v["accuracy"] > 50 * v["chance"]
+    for colour, images in zip(("blue", "white"), judged):  # judged as painted in the colour it names
+        assert sum(dominant_colour(x) == colour for x in images) > 0.5 * len(images), colour
 
 
 def test_report_separates_colour_from_object(data, prompts):
