@@ -11,6 +11,7 @@ from latentdiff.config import ConfigError, from_dict
 from latentdiff.emoji_checks import dominant_colour
 from latentdiff.emoji_recolour import (
     RECOLOUR_COLOURS,
+    RECOLOUR_HUE_VALUES,
     RECOLOUR_HUES,
     RECOLOUR_TONES,
     held_out,
@@ -103,15 +104,35 @@ def test_tones_paint_the_chromatic_pixels_into_the_real_bands_keeping_lightness_
     img[:, 0] = 1.0                                        # white row: kept
     img[:, 1] = torch.tensor([0.02, 0.3, 0.5, 0.7])        # greys: kept
     img[0, 2], img[1, 2], img[2, 2] = torch.tensor([0.4, 0.6, 0.8, 1.0]), 0.1, 0.1  # reds, darker to lighter
-    for tone in RECOLOUR_TONES:
+    for tone in (*RECOLOUR_TONES, *RECOLOUR_HUE_VALUES):
         out = paint(img, tone)
         assert torch.equal(out[:, :2], img[:, :2]), tone
         assert all(dominant_colour(out[:, 2:, j:j + 1].expand(3, 4, 4).contiguous()) == tone for j in range(4)), tone
-        lum = out[:, 2].mean(0)
-        assert torch.all(lum[1:] > lum[:-1]), tone      # shading kept: lighter stays lighter
+        value = out[:, 2].amax(0)
+        assert torch.all(value[1:] > value[:-1]), tone  # shading kept: lighter stays lighter
     assert torch.equal(paint(img, "blue"), recolour(img, RECOLOUR_HUES["blue"]))
     with pytest.raises(ValueError, match="'pink' cannot be painted: use one of red, orange"):
         paint(img, "pink")
+
+
+def test_red_orange_and_yellow_copies_are_kept_as_often_as_the_other_hues(noto_train):
+    """Painted with the value kept, dark red and orange read brown (and dark yellow olive/black): the
+    value bands make those copies pass the colour check as often as blue, green and purple do."""
+    dark = torch.zeros(3, 4, 4)
+    dark[0], dark[1], dark[2] = 0.55, 0.2, 0.1                 # a dark, saturated brown-red object
+    assert dominant_colour(recolour(dark, RECOLOUR_HUES["red"])) == "brown"
+    assert dominant_colour(paint(dark, "red")) == "red" and dominant_colour(paint(dark, "orange")) == "orange"
+    tried, kept = dict.fromkeys(RECOLOUR_HUES, 0), dict.fromkeys(RECOLOUR_HUES, 0)
+    for image, caption in zip(noto_train.images, noto_train.captions):
+        if split_object_caption(caption) is None:
+            continue
+        image = image.float() / 255
+        for colour in set(RECOLOUR_HUES) - own_colours(image):
+            tried[colour] += 1
+            kept[colour] += dominant_colour(paint(image, colour)) == colour
+    rate = {c: kept[c] / tried[c] for c in RECOLOUR_HUES}
+    assert min(tried.values()) > 250 and min(rate[c] for c in RECOLOUR_HUE_VALUES) > 0.9 * min(
+        rate[c] for c in ("green", "blue", "purple")), rate
 
 
 def test_recolour_colours_adds_the_tones_and_keeps_the_hue_rows(noto_train, monkeypatch):
