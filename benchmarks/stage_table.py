@@ -11,7 +11,11 @@ Parts read:
 * ``365``: ``--sections generated`` on the 365 Noto test captions;
 * ``g4``: ``--sections generated,colour,skin,diversity,composition --limit 160 --skin-limit 40
   --composition-limit 400 --colour-seeds 4`` (Noto gallery);
-* ``comp_all``: ``--sections composition --composition-limit 400 --composition-gallery emoji:all``.
+* ``comp_all``: ``--sections composition --composition-limit 400 --composition-gallery emoji:all``
+  (both right overall, and colour / object right per colour asked);
+* ``style64``: ``--sections style --styles noto,twemoji,openmoji,fluent --style-limit 64
+  --style-evaluator-epochs 12`` (the 12-epoch style classifier; ``style64_<session>`` names, e.g.
+  ``style64_s14``, count too, the last by name when there are several).
 
     python benchmarks/stage_table.py 8 7
     python benchmarks/stage_table.py 8 7 --markdown > /tmp/table.md
@@ -77,6 +81,14 @@ def stage_rows(docs: Path, stage: str) -> dict[str, str]:
             f"{_pct(cp['both'])} (colour {_pct(cp['colour'])}, object {_pct(cp['object'])}; "
             f"plain name drawn right {_pct(cp['plain_object']['object'])}, of those kept with the colour "
             f"{_pct(cp['object_given_plain'])})")
+        rows["composition by colour asked, colour / object right"] = ", ".join(
+            f"{c} {100 * x['colour']:.0f}/{100 * x['object']:.0f}" for c, x in cp["per_colour"].items())
+    styles = sorted(docs.glob(f"eval_emoji{stage}_style64*.json"))
+    if styles and (d := _load(docs, styles[-1].name)) is not None:
+        st = d["style"]
+        per = " / ".join(f"{100 * st['suffixed'][s]['judged_as_asked']:.1f}" for s in STYLES if s in st["suffixed"])
+        rows["style, 12-epoch classifier (F / N / O / T); its real / VAE-round-trip accuracy"] = (
+            f"{_pct(st['suffixed_mean'])} ({per}); {_pct(st['real_accuracy_mean'])} / {_pct(st['vae_accuracy_mean'])}")
     if (sg := _load(docs, f"style_guidance_emoji{stage}.json")) is not None:
         for name, v in sg["variants"].items():
             per = " / ".join(f"{100 * v['suffixed'][s]['judged_as_asked']:.1f}" for s in STYLES if s in v["suffixed"])
