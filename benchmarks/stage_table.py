@@ -15,7 +15,7 @@ Parts read:
   (both right overall, and colour / object right per colour asked);
 * ``style64``: ``--sections style --styles noto,twemoji,openmoji,fluent --style-limit 64
   --style-evaluator-epochs 12`` (the 12-epoch style classifier; ``style64_<session>`` names, e.g.
-  ``style64_s14``, count too, the last by name when there are several).
+  ``style64_s14``, count too, the latest session's when there are several).
 
     python benchmarks/stage_table.py 8 7
     python benchmarks/stage_table.py 8 7 --markdown > /tmp/table.md
@@ -83,7 +83,7 @@ def stage_rows(docs: Path, stage: str) -> dict[str, str]:
             f"{_pct(cp['object_given_plain'])})")
         rows["composition by colour asked, colour / object right"] = ", ".join(
             f"{c} {100 * x['colour']:.0f}/{100 * x['object']:.0f}" for c, x in cp["per_colour"].items())
-    styles = sorted(docs.glob(f"eval_emoji{stage}_style64*.json"))
+    styles = sorted(docs.glob(f"eval_emoji{stage}_style64*.json"), key=lambda p: (len(p.name), p.name))  # s9 < s14
     if styles and (d := _load(docs, styles[-1].name)) is not None:
         st = d["style"]
         per = " / ".join(f"{100 * st['suffixed'][s]['judged_as_asked']:.1f}" for s in STYLES if s in st["suffixed"])

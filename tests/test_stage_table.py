@@ -23,9 +23,9 @@ def test_rows_are_computed_from_the_files_and_missing_parts_left_out(tmp_path):
         "plain_object": {"n": 8, "object": 0.875},
         "per_colour": {"red": {"colour": 0.5, "object": 0.25}, "white": {"colour": 1.0, "object": 0.0}}}}))
     suffixed = {"fluent": {"judged_as_asked": 0.25}, "noto": {"judged_as_asked": 0.5}}
-    (tmp_path / "eval_emojiA_style64_s1.json").write_text(json.dumps({"style": {
+    (tmp_path / "eval_emojiA_style64_s9.json").write_text(json.dumps({"style": {
         "suffixed": suffixed, "suffixed_mean": 0.0, "real_accuracy_mean": 0.0, "vae_accuracy_mean": 0.0}}))
-    (tmp_path / "eval_emojiA_style64_s2.json").write_text(json.dumps({"style": {
+    (tmp_path / "eval_emojiA_style64_s14.json").write_text(json.dumps({"style": {
         "suffixed": suffixed, "suffixed_mean": 0.375, "real_accuracy_mean": 0.9, "vae_accuracy_mean": 0.8}}))
     (tmp_path / "eval_emojiB_all.json").write_text(json.dumps(_gen(0.4, 0.8, 1.0, 0.5)))
     a = stage_table.stage_rows(tmp_path, "A")
@@ -37,7 +37,7 @@ def test_rows_are_computed_from_the_files_and_missing_parts_left_out(tmp_path):
                                                      "of those kept with the colour 12.5%)")
     assert a["composition by colour asked, colour / object right"] == "red 50/25, white 100/0"
     assert a["style, 12-epoch classifier (F / N / O / T); its real / VAE-round-trip accuracy"] == (
-        "37.5% (25.0 / 50.0); 90.0% / 80.0%")                  # the last of the two by name
+        "37.5% (25.0 / 50.0); 90.0% / 80.0%")                  # the later session of the two (s14, not s9)
     assert "composition, all-styles gallery" not in b          # B has no comp_all file
     assert not any(k.startswith("style, 12") for k in b)
     assert not any(k.startswith("style ") for k in a)          # no style_guidance file
