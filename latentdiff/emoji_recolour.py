@@ -17,10 +17,11 @@ than to call up the heart, circle or square that carries that colour in the data
   value into the band of the real data's pixels of that colour (:data:`RECOLOUR_HUE_VALUES`; real red
   0.82–0.98, orange 0.89–1.00, yellow 0.98–1.00, 10th–90th percentile over emoji:all's "<colour> <noun>"
   images), because their dark shades are brown and olive: with the value kept (stages 3-9), 34-37% of the
-  red and orange copies passed the check below (the other hues 65-67%), a median 71-79% of their coloured
-  pixels the asked colour (others 88-90%), and the stage-9 model drew "red" and "orange" objects brown
-  (colour right 62% and 41%, against 85–98% for the others); with the bands, 63-65% and 89-90%. A tone maps the pixel into the
-  band where the real data has that colour, keeping its relative lightness (:func:`paint`): brown
+  red and orange copies of emoji:all's objects (every 8th row) passed the check below (the other hues
+  65-67%), a median 71-79% of their coloured pixels the asked colour (others 88-90%), and the stage-9
+  model drew "red" and "orange" objects brown (colour right 62% and 41%, against 85–98% for the others);
+  with the bands, 63-65% and 89-90% (stage 10: 77% and 79%). A tone maps the pixel into the band where
+  the real data has that colour, keeping its relative lightness (:func:`paint`): brown
   takes hue 18° at 0.72× the value (real brown shapes: hue 14–23°, value 0.41–0.75), black and white
   become grey of value 0.05–0.30 and 0.72–0.92 (real black shapes 0–0.26, white ones 0.80–0.91;
   a white object stays visible on the white background). A copy is kept only when the dominant-colour check
